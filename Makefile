@@ -1,0 +1,22 @@
+# Set-up is part of every target: scripts/setup_venv.sh creates or refreshes .venv (a no-op when
+# nothing changed), so `make demo` and `make test` work on a fresh machine.
+VENV := .venv
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+
+.PHONY: setup demo test lint bench clean
+
+setup:
+	@bash scripts/setup_venv.sh
+
+demo: setup
+	$(VENV)/bin/ami-ros demo
+
+test: setup
+	$(VENV)/bin/python -m pytest -q test $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/python -m pytest -q test/test_lint.py
+
+clean:
+	rm -rf $(VENV) build install log

@@ -1,0 +1,48 @@
+"""The ``ami-ros`` command line: one entry point for everything a user does.
+
+Each sub-command lives in its own module of this package with two functions:
+``add_parser(subparsers)`` (declares its arguments) and ``run(args) -> int`` (does the work).
+Modules are imported only when their command runs, so ``ami-ros --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> (module, one-line help)
+COMMANDS = {
+    'collect': ('ami_ros.cli.collect', 'drive the simulator with an exploration policy, record rosbag2'),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='ami-ros',
+        description='ami_ros: a learned world model for ROS 2 robots.',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_parser(p)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The simulator interface shared by every built-in scene (no ROS import).
+
+A scene is a robot whose actuators take joint *position targets* (ros2_control position
+interfaces), observed through a fixed camera. One ``step()`` advances one control period.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class CommandError(ValueError):
+    """A command that must not be applied (wrong length, NaN/inf, beyond limits)."""
+
+
+@dataclass
+class SceneConfig:
+    """Settings common to every scene."""
+
+    image_size: int = 64
+    """Side of the square RGB camera frame in pixels (64 for the model; larger on request)."""
+    control_hz: float = 10.0
+    """Control (and frame) rate: one ``step()`` advances 1 / control_hz seconds of sim time."""
+    seed: int = 0
+    """Seed for the scene's own randomness (initial state, goals)."""
+
+    def __post_init__(self):
+        if not 16 <= int(self.image_size) <= 1024:
+            raise ValueError(f'image_size must be in [16, 1024], got {self.image_size}')
+        if not 0.5 <= float(self.control_hz) <= 1000.0:
+            raise ValueError(f'control_hz must be in [0.5, 1000], got {self.control_hz}')
+
+
+class Scene(abc.ABC):
+    """A simulated robot with position-controlled joints and a camera."""
+
+    name: str
+    joint_names: tuple[str, ...]
+    lower: np.ndarray          # (J,) position limits from the URDF
+    upper: np.ndarray          # (J,)
+    velocity_limit: np.ndarray  # (J,) from the URDF
+
+    def __init__(self, config: SceneConfig):
+        self.config = config
+
+    @property
+    def control_dt(self) -> float:
+        return 1.0 / float(self.config.control_hz)
+
+    @property
+    def num_joints(self) -> int:
+        return len(self.joint_names)
+
+    @abc.abstractmethod
+    def reset(self, seed: int | None = None) -> None:
+        """Start a new episode: random initial configuration and a new random goal."""
+
+    @abc.abstractmethod
+    def set_target(self, target: np.ndarray) -> None:
+        """Set the joint position target held from now on; raise CommandError if unsafe."""
+
+    @abc.abstractmethod
+    def step(self) -> None:
+        """Advance the simulation by one control period towards the current target."""
+
+    @abc.abstractmethod
+    def render(self) -> np.ndarray:
+        """The camera frame, (H, W, 3) uint8 RGB."""
+
+    @property
+    @abc.abstractmethod
+    def joint_positions(self) -> np.ndarray:
+        """(J,) float64."""
+
+    @property
+    @abc.abstractmethod
+    def joint_velocities(self) -> np.ndarray:
+        """(J,) float64."""
+
+    @property
+    @abc.abstractmethod
+    def target(self) -> np.ndarray:
+        """(J,) the position target in force."""
+
+    @abc.abstractmethod
+    def ground_truth(self) -> dict[str, np.ndarray]:
+        """Named physical state for evaluation, e.g. ``ee_position`` (3,), ``goal_position`` (3,)."""
+
+    @abc.abstractmethod
+    def success(self) -> bool:
+        """Whether the scene's goal is reached, as the scene defines it."""
+
+    @abc.abstractmethod
+    def make_explorer(self, rng: np.random.Generator):
+        """An exploration policy for data collection: a callable ``() -> target`` (J,) called once
+        per control step, that covers the workspace (and, for manipulation, makes contact)."""
+
+    @abc.abstractmethod
+    def get_state(self) -> np.ndarray:
+        """A flat copy of the full simulator state (to restore with ``set_state``)."""
+
+    @abc.abstractmethod
+    def set_state(self, state: np.ndarray) -> None:
+        """Restore a state from ``get_state`` (for oracle planning and goal generation)."""
+
+    def check_target(self, target) -> np.ndarray:
+        """Validate a position target: shape, finiteness and URDF limits. Returns float64 (J,)."""
+        t = np.asarray(target, dtype=np.float64)
+        if t.shape != (self.num_joints,):
+            raise CommandError(
+                f'{self.name}: target has shape {t.shape}, expected ({self.num_joints},) '
+                f'for joints {list(self.joint_names)}')
+        if not np.all(np.isfinite(t)):
+            raise CommandError(f'{self.name}: target contains NaN/inf: {t.tolist()}')
+        tol = 1e-9
+        bad = (t < self.lower - tol) | (t > self.upper + tol)
+        if np.any(bad):
+            names = [f'{n}={v:.4f} not in [{lo:.4f}, {hi:.4f}]' for n, v, lo, hi, b in
+                     zip(self.joint_names, t, self.lower, self.upper, bad) if b]
+            raise CommandError(f'{self.name}: target beyond URDF limits: {", ".join(names)}')
+        return t
