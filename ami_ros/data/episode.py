@@ -27,8 +27,8 @@ class Episode:
         t = len(self.images)
         for name in ('joint_positions', 'actions', 'stamps'):
             if len(getattr(self, name)) != t:
-                raise ValueError(f'{self.source or "episode"}: {name} has {len(getattr(self, name))} '
-                                 f'rows, images have {t}')
+                n = len(getattr(self, name))
+                raise ValueError(f'{self.source or "episode"}: {name} has {n} rows, images have {t}')
         for name, arr in self.ground_truth.items():
             if len(arr) != t:
                 raise ValueError(f'{self.source or "episode"}: ground truth {name!r} has '

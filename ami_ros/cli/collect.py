@@ -1,0 +1,191 @@
+"""``ami-ros collect``: drive a built-in scene with its exploration policy and record rosbag2.
+
+One bag per episode, ``<out>/<scene>_<seed>_<episode:04d>/``, with the topics a real robot logs
+(camera, camera info, joint states, the forward-controller command) plus the scene's ground truth
+on ``/sim/...``. Each control step k at sim time t_k: render the frame, log it with the joint
+state and ground truth, ask the explorer for a target, send it (logged at t_k: it is in force
+from frame k to frame k+1), then advance the simulation one control period.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ami_ros.data.bag import SIM_EPOCH_NS, STORAGES, BagError, BagWriter, BagWriterConfig
+from ami_ros.sim import SCENES, CommandError, SceneConfig, make_scene
+
+
+@dataclass
+class CollectConfig:
+    """What ``ami-ros collect`` records."""
+
+    scene: str = 'arm_reach'
+    """Scene name, one of :data:`ami_ros.sim.SCENES`."""
+    episodes: int = 10
+    """Number of episodes, one bag each."""
+    out: Path = Path('data')
+    """Directory that receives the bag directories (created if missing)."""
+    seed: int = 0
+    """Episode i is reset with seed + i; its explorer draws from its own stream of (seed, i)."""
+    steps: int = 100
+    """Control steps (= frames) per episode."""
+    image_size: int = 64
+    """Side of the square camera frame in pixels."""
+    control_hz: float = 10.0
+    """Control and frame rate in sim time."""
+    storage: str = 'mcap'
+    """rosbag2 storage plugin: mcap or sqlite3."""
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        if self.scene not in SCENES:
+            raise ValueError(f'scene must be one of {sorted(SCENES)}, got {self.scene!r}')
+        if not 1 <= int(self.episodes) <= 1_000_000:
+            raise ValueError(f'episodes must be in [1, 1000000], got {self.episodes}')
+        if not 1 <= int(self.steps) <= 10_000_000:
+            raise ValueError(f'steps must be in [1, 10000000], got {self.steps}')
+        if not 0 <= int(self.seed) < 2**31:
+            raise ValueError(f'seed must be in [0, 2**31), got {self.seed}')
+        if self.storage not in STORAGES:
+            raise ValueError(f'storage must be one of {sorted(STORAGES)}, got {self.storage!r}')
+        self.scene_config()  # checks image_size and control_hz
+
+    def scene_config(self) -> SceneConfig:
+        return SceneConfig(image_size=self.image_size, control_hz=self.control_hz, seed=self.seed)
+
+    def bag_dir(self, episode: int) -> Path:
+        return self.out / f'{self.scene}_{self.seed}_{episode:04d}'
+
+    def episode_start_ns(self, episode: int) -> int:
+        """Sim time of an episode's first frame: episodes start on whole hours after the epoch,
+        far enough apart that their time ranges never overlap."""
+        hours = math.ceil((self.steps / self.control_hz + 1.0) / 3600.0)
+        return SIM_EPOCH_NS + episode * hours * 3600 * 10**9
+
+
+def add_parser(parser) -> None:
+    parser.add_argument('--scene', choices=sorted(SCENES), default='arm_reach',
+                        help='built-in scene to drive')
+    parser.add_argument('--episodes', type=int, default=10, help='episodes to record, one bag each')
+    parser.add_argument('--out', type=Path, required=True,
+                        help='directory for the bags (<scene>_<seed>_<episode>/)')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of episode 0; episode i uses seed+i')
+    parser.add_argument('--steps', type=int, default=100, help='control steps (frames) per episode')
+    parser.add_argument('--image-size', type=int, default=64, help='camera frame side in pixels')
+    parser.add_argument('--control-hz', type=float, default=10.0, help='control and frame rate')
+    parser.add_argument('--storage', choices=sorted(STORAGES), default='mcap',
+                        help='rosbag2 storage plugin')
+    parser.add_argument('--json', action='store_true', help='print the summary as JSON')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+def record_episode(scene, writer: BagWriter, steps: int, start_ns: int,
+                   rng: np.random.Generator) -> None:
+    """Run the scene's explorer for ``steps`` control steps from a reset scene, logging into
+    ``writer``; a generator that yields the step index after each step (for progress)."""
+    explorer = scene.make_explorer(rng)
+    dt_ns = round(scene.control_dt * 1e9)
+    for k in range(steps):
+        t = start_ns + k * dt_ns
+        writer.write_image(t, scene.render())
+        writer.write_joint_state(t, scene.joint_positions, scene.joint_velocities)
+        writer.write_ground_truth(t, scene.ground_truth())
+        scene.set_target(explorer())
+        writer.write_command(t, scene.target)
+        scene.step()
+        yield k
+
+
+def collect(cfg: CollectConfig, progress: bool = True) -> dict:
+    """Record ``cfg.episodes`` bags; returns the summary. Raises FileExistsError before
+    writing anything if one of the bag directories exists."""
+    existing = [str(cfg.bag_dir(i)) for i in range(cfg.episodes) if cfg.bag_dir(i).exists()]
+    if existing:
+        more = f' and {len(existing) - 3} more' if len(existing) > 3 else ''
+        raise FileExistsError(f'refusing to overwrite existing bag directories: '
+                              f'{", ".join(existing[:3])}{more}; choose another --out or --seed '
+                              f'or delete them')
+    scene = make_scene(cfg.scene, cfg.scene_config())
+    # CameraInfo intrinsics: the scene's own field of view when it declares one
+    fovy = getattr(scene, 'camera_fovy_deg', BagWriterConfig.camera_fovy_deg)
+    writer_cfg = BagWriterConfig(storage=cfg.storage, camera_fovy_deg=fovy)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    from tqdm import tqdm
+    bar = tqdm(total=cfg.episodes * cfg.steps, unit='frame', desc=f'collect {cfg.scene}',
+               disable=not progress, file=sys.stderr)
+    frames = nbytes = 0
+    t0 = time.perf_counter()
+    try:
+        for i in range(cfg.episodes):
+            path = cfg.bag_dir(i)
+            scene.reset(cfg.seed + i)
+            meta = {'ami_ros.scene': cfg.scene, 'ami_ros.seed': str(cfg.seed + i),
+                    'ami_ros.control_hz': str(cfg.control_hz),
+                    'ami_ros.joint_names': ','.join(scene.joint_names)}
+            # created outside the clean-up below: a directory that appeared meanwhile is not ours
+            writer = BagWriter(path, scene.joint_names, writer_cfg, metadata=meta)
+            try:
+                with writer:
+                    rng = np.random.default_rng([cfg.seed, i, 1])
+                    for _ in record_episode(scene, writer, cfg.steps, cfg.episode_start_ns(i),
+                                            rng):
+                        bar.update(1)
+            except BaseException:
+                # an episode cut short would pass for a complete one later: remove it
+                shutil.rmtree(path, ignore_errors=True)
+                raise
+            frames += writer.frames
+            nbytes += writer.nbytes
+    finally:
+        bar.close()
+        close = getattr(scene, 'close', None)  # scenes holding renderers free them here
+        if callable(close):
+            close()
+    seconds = time.perf_counter() - t0
+    return {'scene': cfg.scene, 'episodes': cfg.episodes, 'frames': frames,
+            'seconds': round(seconds, 3), 'frames_per_s': round(frames / max(seconds, 1e-9), 1),
+            'bytes': nbytes, 'out': str(cfg.out.resolve()), 'storage': cfg.storage,
+            'image_size': cfg.image_size}
+
+
+def _print_table(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f'ami-ros collect: {summary["scene"]}')
+    for col in ('episodes', 'frames', 'seconds', 'frames/s', 'MB', 'out dir'):
+        table.add_column(col, justify='left' if col == 'out dir' else 'right')
+    table.add_row(str(summary['episodes']), str(summary['frames']), f'{summary["seconds"]:.2f}',
+                  f'{summary["frames_per_s"]:.0f}', f'{summary["bytes"] / 1e6:.2f}',
+                  summary['out'])
+    Console().print(table)
+
+
+def run(args) -> int:
+    try:
+        cfg = CollectConfig(scene=args.scene, episodes=args.episodes, out=args.out,
+                            seed=args.seed, steps=args.steps, image_size=args.image_size,
+                            control_hz=args.control_hz, storage=args.storage)
+    except ValueError as err:
+        print(f'ami-ros collect: error: {err}', file=sys.stderr)
+        return 2
+    try:
+        summary = collect(cfg, progress=not args.no_progress)
+    except FileExistsError as err:
+        print(f'ami-ros collect: error: {err}', file=sys.stderr)
+        return 2
+    except (BagError, CommandError, OSError, ImportError) as err:
+        print(f'ami-ros collect: failed: {err}', file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_table(summary)
+    return 0
