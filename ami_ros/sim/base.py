@@ -41,6 +41,8 @@ class Scene(abc.ABC):
     lower: np.ndarray          # (J,) position limits from the URDF
     upper: np.ndarray          # (J,)
     velocity_limit: np.ndarray  # (J,) from the URDF
+    camera_fovy_deg: float | None = None
+    """Vertical field of view of the scene's pinhole camera; None for a non-perspective view."""
 
     def __init__(self, config: SceneConfig):
         self.config = config
@@ -86,7 +88,7 @@ class Scene(abc.ABC):
 
     @abc.abstractmethod
     def ground_truth(self) -> dict[str, np.ndarray]:
-        """Named physical state for evaluation, e.g. ``ee_position`` (3,), ``goal_position`` (3,)."""
+        """Named physical state for evaluation, e.g. ``ee_position`` (3,), ``goal_position``."""
 
     @abc.abstractmethod
     def success(self) -> bool:
@@ -104,6 +106,13 @@ class Scene(abc.ABC):
     @abc.abstractmethod
     def set_state(self, state: np.ndarray) -> None:
         """Restore a state from ``get_state`` (for oracle planning and goal generation)."""
+
+    def set_goal(self, position) -> None:
+        """Move the goal to ``position`` (scene units); scenes with a fixed goal refuse."""
+        raise NotImplementedError(f'{self.name}: the goal of this scene is fixed')
+
+    def close(self) -> None:
+        """Free renderers and other native resources (the scene is unusable afterwards)."""
 
     def check_target(self, target) -> np.ndarray:
         """Validate a position target: shape, finiteness and URDF limits. Returns float64 (J,)."""

@@ -2,13 +2,15 @@
 
 A scene's ``ground_truth()`` dict uses these key conventions:
 
-* ``<name>_position`` (2,) or (3,) [+ optional ``<name>_quaternion`` (4,) in (x, y, z, w)] -> pose ``<name>``
+* ``<name>_position`` (2,) or (3,), with an optional ``<name>_quaternion`` (4,) in (x, y, z, w):
+  pose ``<name>``
 * ``<name>_pose`` (3,) planar (x, y, theta) -> pose ``<name>`` at z = 0 rotated by theta about z
 * anything else is a scalar or vector signal ``<name>`` (e.g. Push-T ``coverage``)
 
-Poses are published / recorded as ``geometry_msgs/PoseStamped`` on ``/sim/<name>_pose`` and signals as
-``std_msgs/Float64MultiArray`` on ``/sim/<name>``. Reading back gives ``<name>_position`` (3,),
-``<name>_quaternion`` (4,) and ``<name>_yaw`` (1,) for every pose, and the signals unchanged.
+Poses are published / recorded as ``geometry_msgs/PoseStamped`` on ``/sim/<name>_pose`` and
+signals as ``std_msgs/Float64MultiArray`` on ``/sim/<name>``. Reading back gives
+``<name>_position`` (3,), ``<name>_quaternion`` (4,) and ``<name>_yaw`` (1,) for every pose, and the
+signals unchanged.
 """
 from __future__ import annotations
 
@@ -30,8 +32,12 @@ def quaternion_yaw(q) -> float:
     return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
 
 
-def split_truth(truth: dict) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]:
-    """Split a ground-truth dict into poses {name: (position (3,), quaternion xyzw (4,))} and signals."""
+Pose = tuple[np.ndarray, np.ndarray]
+"""(position (3,), quaternion (4,) as x, y, z, w)."""
+
+
+def split_truth(truth: dict) -> tuple[dict[str, Pose], dict[str, np.ndarray]]:
+    """Split a ground-truth dict into poses {name: (position, quaternion)} and signals."""
     poses, signals = {}, {}
     for key, value in truth.items():
         v = np.atleast_1d(np.asarray(value, dtype=np.float64))
@@ -39,7 +45,8 @@ def split_truth(truth: dict) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], 
             name = key[:-len('_position')]
             pos = np.zeros(3)
             pos[:min(3, v.size)] = v[:3]
-            quat = np.asarray(truth.get(f'{name}_quaternion', (0.0, 0.0, 0.0, 1.0)), dtype=np.float64)
+            quat = np.asarray(truth.get(f'{name}_quaternion', (0.0, 0.0, 0.0, 1.0)),
+                              dtype=np.float64)
             poses[name] = (pos, quat)
         elif key.endswith('_pose') and v.size == 3:
             poses[key[:-len('_pose')]] = (np.array([v[0], v[1], 0.0]), yaw_quaternion(v[2]))
