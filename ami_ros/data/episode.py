@@ -26,9 +26,9 @@ class Episode:
     def __post_init__(self):
         t = len(self.images)
         for name in ('joint_positions', 'actions', 'stamps'):
-            if len(getattr(self, name)) != t:
-                n = len(getattr(self, name))
-                raise ValueError(f'{self.source or "episode"}: {name} has {n} rows, images have {t}')
+            n = len(getattr(self, name))
+            if n != t:
+                raise ValueError(f'{self.source or "episode"}: {name} has {n} rows, images {t}')
         for name, arr in self.ground_truth.items():
             if len(arr) != t:
                 raise ValueError(f'{self.source or "episode"}: ground truth {name!r} has '
