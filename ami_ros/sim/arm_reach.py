@@ -1,0 +1,573 @@
+"""The ``arm_reach`` scene: a 4-joint industrial-style arm reaching for a goal (MuJoCo, no ROS).
+
+The arm comes from ``urdf/arm_reach.urdf`` (the one source of its joint limits); this module adds
+what a URDF cannot say: floor, light, a fixed camera, position servos on every joint and a green
+goal marker. Commands are joint position targets, as for a ros2_control position interface.
+
+Like an industrial drive, the servo does not jump to a new target: at every physics step a
+setpoint generator moves the servo setpoint towards the target with bounded acceleration and at
+most ``speed_scale`` times the URDF velocity limit, braking so that it stops on the target. The
+servos are critically damped at the largest joint inertia (overdamped elsewhere), and the
+headroom left by ``speed_scale`` absorbs the tracking transients from the coupling between
+joints, so the joints stay within their URDF velocity limits.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+# MuJoCo picks its GL back end when it is imported: default to headless EGL (no display here).
+os.environ.setdefault('MUJOCO_GL', 'egl')
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ami_ros.paths import urdf_path  # noqa: E402
+from ami_ros.sim.base import CommandError, Scene, SceneConfig  # noqa: E402
+
+EE_BODY = 'tool0'
+CAMERA = 'workspace'
+GOAL_BODY = 'goal'
+GOAL_SHADOW_BODY = 'goal_shadow'
+_INTEGRATION = mujoco.mjtState.mjSTATE_INTEGRATION
+
+
+@dataclass
+class ArmReachConfig(SceneConfig):
+    """Settings of the ``arm_reach`` scene (plus the common :class:`SceneConfig` ones)."""
+
+    goal_tolerance: float = 0.05
+    """success() when the end effector (tool0) is within this distance of the goal, metres."""
+    physics_dt: float = 0.004
+    """Largest physics time step, seconds; the control period is split into equal substeps."""
+    servo_bandwidth: float = 25.0
+    """Natural frequency of the joint position servos at the largest joint inertia, rad/s."""
+    speed_scale: float = 0.95
+    """The setpoint moves at most this fraction of each URDF velocity limit (servo headroom)."""
+    acceleration_limit: float = 10.0
+    """Largest setpoint acceleration of every joint, rad/s^2 (smooth starts and stops)."""
+    following_error_margin: float = 1.25
+    """The setpoint stays within this multiple of the full-speed tracking lag of the joint."""
+    armature: float = 0.2
+    """Reflected rotor inertia added to every joint (gearbox motors), kg m^2."""
+    init_range_fraction: float = 0.6
+    """Initial joint angles are drawn from this central fraction of each joint's range."""
+    min_goal_height: float = 0.05
+    """Random goals lie at least this high above the floor, metres."""
+    render_samples: int = 0
+    """Multisample anti-aliasing samples per pixel: 0 = off (fastest), 2 = smoother edges for
+    ~30% more render time, 4 = MuJoCo's default (~3x at 64x64 on a CPU)."""
+    explore_min_steps: int = 5
+    """Exploration: fewest control steps spent heading for one waypoint."""
+    explore_max_steps: int = 25
+    """Exploration: most control steps spent heading for one waypoint."""
+    explore_hold_probability: float = 0.1
+    """Exploration: chance that a segment holds still instead of moving."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        positive = ('goal_tolerance', 'physics_dt', 'servo_bandwidth', 'acceleration_limit')
+        for name in positive:
+            if not float(getattr(self, name)) > 0.0:
+                raise ValueError(f'{name} must be > 0, got {getattr(self, name)}')
+        if not 0.0 < float(self.speed_scale) <= 1.0:
+            raise ValueError(f'speed_scale must be in (0, 1], got {self.speed_scale}')
+        if not float(self.following_error_margin) >= 1.0:
+            raise ValueError(f'following_error_margin must be >= 1, got '
+                             f'{self.following_error_margin}')
+        if not float(self.armature) >= 0.0:
+            raise ValueError(f'armature must be >= 0, got {self.armature}')
+        if not 0.0 < float(self.init_range_fraction) <= 1.0:
+            raise ValueError(f'init_range_fraction must be in (0, 1], got '
+                             f'{self.init_range_fraction}')
+        if not float(self.min_goal_height) >= 0.0:
+            raise ValueError(f'min_goal_height must be >= 0, got {self.min_goal_height}')
+        if not 0 <= int(self.render_samples) <= 16:
+            raise ValueError(f'render_samples must be in [0, 16], got {self.render_samples}')
+        if not 1 <= int(self.explore_min_steps) <= int(self.explore_max_steps):
+            raise ValueError(f'need 1 <= explore_min_steps <= explore_max_steps, got '
+                             f'{self.explore_min_steps} and {self.explore_max_steps}')
+        if not 0.0 <= float(self.explore_hold_probability) <= 1.0:
+            raise ValueError(f'explore_hold_probability must be in [0, 1], got '
+                             f'{self.explore_hold_probability}')
+
+
+def _as_arm_config(config: SceneConfig | None) -> ArmReachConfig:
+    """Accept a plain SceneConfig (from make_scene) by keeping its common fields."""
+    if config is None:
+        return ArmReachConfig()
+    if isinstance(config, ArmReachConfig):
+        return config
+    common = {f.name: getattr(config, f.name) for f in dataclasses.fields(SceneConfig)}
+    return ArmReachConfig(**common)
+
+
+def _read_urdf_joints(path: Path):
+    """(names, lower, upper, velocity, effort) of the URDF's actuated joints, in chain order."""
+    import yourdfpy  # local: only this scene needs it
+
+    if not path.is_file():
+        raise FileNotFoundError(f'arm_reach: URDF not found at {path}')
+    robot = yourdfpy.URDF.load(str(path), build_scene_graph=False, load_meshes=False)
+    names = tuple(robot.actuated_joint_names)
+    rows = []
+    for name in names:
+        joint = robot.joint_map[name]
+        lim = joint.limit
+        if joint.type != 'revolute' or lim is None or None in (
+                lim.lower, lim.upper, lim.velocity, lim.effort):
+            raise ValueError(f'{path}: joint {name!r} must be revolute with lower, upper, '
+                             f'velocity and effort limits')
+        if not (lim.lower < lim.upper and lim.velocity > 0 and lim.effort > 0):
+            raise ValueError(f'{path}: joint {name!r} has bad limits {lim}')
+        rows.append((lim.lower, lim.upper, lim.velocity, lim.effort))
+    if len(names) < 3:
+        raise ValueError(f'{path}: expected at least 3 revolute joints, found {list(names)}')
+    lower, upper, velocity, effort = (np.array(c, dtype=np.float64) for c in zip(*rows))
+    return names, lower, upper, velocity, effort
+
+
+def _look_at_quat(pos, target) -> np.ndarray:
+    """Camera orientation (w, x, y, z) looking from ``pos`` at ``target`` with world z up."""
+    forward = np.asarray(target, float) - np.asarray(pos, float)
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    # MuJoCo cameras look along their -z axis with +y up.
+    mat = np.stack([right, up, -forward], axis=1)
+    quat = np.zeros(4)
+    mujoco.mju_mat2Quat(quat, mat.ravel())
+    return quat
+
+
+class ArmReachScene(Scene):
+    """A 4-joint arm on a pedestal, a green goal point and a fixed camera (see module docstring)."""
+
+    name = 'arm_reach'
+    camera_fovy_deg = 55.0
+
+    def __init__(self, config: SceneConfig | None = None):
+        config = _as_arm_config(config)
+        super().__init__(config)
+        path = urdf_path('arm_reach')
+        (self.joint_names, self.lower, self.upper, self.velocity_limit,
+         self.effort_limit) = _read_urdf_joints(path)
+        self._model = self._build_model(path)
+        self._data = mujoco.MjData(self._model)
+        self._scratch = mujoco.MjData(self._model)  # for FK / collision checks off the live sim
+        m = self._model
+        joint_ids = [m.joint(n).id for n in self.joint_names]
+        self._qadr = np.array([m.jnt_qposadr[j] for j in joint_ids])
+        self._vadr = np.array([m.jnt_dofadr[j] for j in joint_ids])
+        self._ee_body = m.body(EE_BODY).id
+        self._goal_mocap = m.body_mocapid[m.body(GOAL_BODY).id]
+        self._shadow_mocap = m.body_mocapid[m.body(GOAL_SHADOW_BODY).id]
+        self._camera = m.camera(CAMERA).id
+        self._max_speed = self.velocity_limit * float(config.speed_scale)  # (J,)
+        # Steady lag of a servo following the setpoint at full speed, (kv + damping) v / kp,
+        # with margin: the largest setpoint-to-joint distance allowed.  (J,)
+        kp = m.actuator_gainprm[:, 0]
+        kv = -m.actuator_biasprm[:, 2] + m.dof_damping[self._vadr]
+        self._max_lag = float(config.following_error_margin) * kv * self._max_speed / kp
+        self._shoulder, self._reach = self._shoulder_and_reach()
+        self._setpoint = np.zeros(self.num_joints)
+        self._setpoint_velocity = np.zeros(self.num_joints)
+        self._target = np.zeros(self.num_joints)
+        self._goal_joints: np.ndarray | None = None
+        self._renderer: mujoco.Renderer | None = None
+        self._close_renderer = None
+        self._rng = np.random.default_rng(config.seed)
+        self.reset(config.seed)
+
+    # ----------------------------------------------------------------------------- model ---
+    def _build_model(self, path: Path) -> mujoco.MjModel:
+        cfg = self.config
+        spec = mujoco.MjSpec.from_file(str(path))
+        # The URDF's <mujoco><compiler discardvisual="false" fusestatic="false"/> tag already
+        # kept the visual geoms and the tool0 body at parse time; repeat it for the compile.
+        spec.compiler.discardvisual = False
+        spec.compiler.fusestatic = False
+        self._n_sub = max(1, int(round(self.control_dt / cfg.physics_dt)))
+        spec.option.timestep = self.control_dt / self._n_sub
+        spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
+        size = int(cfg.image_size)
+        spec.visual.global_.offwidth = size
+        spec.visual.global_.offheight = size
+        # Render cost on a CPU (llvmpipe) is dominated by shadows, multisampling and triangle
+        # count: no shadows, no multisampling, coarse cylinders (64x64: ~130 -> ~550 renders/s).
+        spec.visual.quality.shadowsize = 0
+        spec.visual.quality.offsamples = int(cfg.render_samples)
+        spec.visual.quality.numslices = 12
+        spec.visual.quality.numstacks = 8
+        spec.visual.headlight.ambient = [0.35, 0.35, 0.35]
+        spec.visual.headlight.diffuse = [0.45, 0.45, 0.45]
+        spec.visual.headlight.specular = [0.0, 0.0, 0.0]
+
+        # Hide the collision copies of the links (drawn in the visuals' colours otherwise).
+        for geom in spec.geoms:
+            if geom.contype or geom.conaffinity:
+                geom.group = 3
+        world = spec.worldbody
+        for body in spec.bodies:
+            if body.name not in ('world', 'base_link'):
+                body.gravcomp = 1.0  # the drives compensate gravity, as arm controllers do
+        for joint in spec.joints:
+            joint.armature = float(cfg.armature)
+            joint.actgravcomp = True  # ... within the joint effort limit
+
+        floor = world.add_geom()
+        floor.name = 'floor'
+        floor.type = mujoco.mjtGeom.mjGEOM_PLANE
+        floor.size = [0.0, 0.0, 0.05]  # infinite: no edge in view
+        floor.rgba = [0.62, 0.64, 0.66, 1.0]
+        light = world.add_light()
+        light.name = 'sun'
+        light.type = mujoco.mjtLightType.mjLIGHT_DIRECTIONAL  # evenly lit floor
+        light.pos = [0.6, -0.4, 2.5]
+        light.dir = [-0.3, 0.2, -1.0]
+        light.diffuse = [0.6, 0.6, 0.6]
+        light.castshadow = False
+        # Oblique view from the front-right and above, framing the full reach circle.
+        cam = world.add_camera()
+        cam.name = CAMERA
+        cam.pos = [0.95, -0.7, 1.3]
+        cam.quat = _look_at_quat(cam.pos, [0.0, 0.0, 0.2])
+        cam.fovy = ArmReachScene.camera_fovy_deg
+        goal = world.add_body()
+        goal.name = GOAL_BODY
+        goal.mocap = True
+        marker = goal.add_geom()
+        marker.name = 'goal_marker'
+        marker.type = mujoco.mjtGeom.mjGEOM_SPHERE
+        marker.size = [0.05, 0.0, 0.0]  # as big as the default success region
+        marker.rgba = [0.1, 0.9, 0.2, 1.0]
+        marker.contype = 0
+        marker.conaffinity = 0
+        marker.group = 0
+        # A dark disc on the floor under the goal: with no shadows, the depth cue that tells a
+        # high goal from a far one in a single view.
+        shadow = world.add_body()
+        shadow.name = GOAL_SHADOW_BODY
+        shadow.mocap = True
+        disc = shadow.add_geom()
+        disc.name = 'goal_shadow_disc'
+        disc.type = mujoco.mjtGeom.mjGEOM_CYLINDER
+        disc.size = [0.05, 0.001, 0.0]
+        disc.rgba = [0.12, 0.42, 0.18, 1.0]
+        disc.contype = 0
+        disc.conaffinity = 0
+        disc.group = 0
+
+        model = spec.compile()
+        self._check_model_limits(model, path)
+        # Servo gains from the largest joint-space inertia over the joint ranges (critically
+        # damped there, overdamped elsewhere: no overshoot beyond the rate-limited setpoint).
+        inertia = self._max_joint_inertia(model)
+        omega = float(cfg.servo_bandwidth)
+        for i, name in enumerate(self.joint_names):
+            act = spec.add_actuator()
+            act.name = f'{name}_servo'
+            act.trntype = mujoco.mjtTrn.mjTRN_JOINT
+            act.target = name
+            act.set_to_position(kp=inertia[i] * omega ** 2, kv=2.0 * inertia[i] * omega)
+            act.ctrllimited = True
+            act.ctrlrange = [self.lower[i], self.upper[i]]
+            act.forcelimited = True
+            act.forcerange = [-self.effort_limit[i], self.effort_limit[i]]
+        return spec.compile()
+
+    def _check_model_limits(self, model: mujoco.MjModel, path: Path) -> None:
+        """MuJoCo's and yourdfpy's reading of the URDF must agree (same file, two parsers)."""
+        for i, name in enumerate(self.joint_names):
+            try:
+                rng = model.joint(name).range
+            except KeyError:
+                raise ValueError(f'{path}: joint {name!r} missing from the MuJoCo model') from None
+            if not np.allclose(rng, [self.lower[i], self.upper[i]]):
+                raise ValueError(f'{path}: joint {name!r} range {rng} in MuJoCo differs from '
+                                 f'URDF limits [{self.lower[i]}, {self.upper[i]}]')
+
+    def _max_joint_inertia(self, model: mujoco.MjModel) -> np.ndarray:
+        """(J,) largest diagonal of the joint-space inertia matrix over sampled configurations."""
+        data = mujoco.MjData(model)
+        rng = np.random.default_rng(0)  # fixed: the gains must not depend on the scene seed
+        qadr = [model.joint(n).qposadr[0] for n in self.joint_names]
+        vadr = [model.joint(n).dofadr[0] for n in self.joint_names]
+        best = np.zeros(self.num_joints)
+        full = np.zeros((model.nv, model.nv))
+        samples = np.vstack([np.zeros(self.num_joints),
+                             rng.uniform(self.lower, self.upper, (256, self.num_joints))])
+        for q in samples:
+            data.qpos[qadr] = q
+            mujoco.mj_kinematics(model, data)
+            mujoco.mj_comPos(model, data)
+            mujoco.mj_crb(model, data)
+            mujoco.mj_fullM(model, data, full)
+            best = np.maximum(best, np.diag(full)[vadr])
+        return best
+
+    def _shoulder_and_reach(self) -> tuple[np.ndarray, float]:
+        """Shoulder pitch axis point (3,) and its distance to tool0 with the arm stretched.
+
+        The shoulder lies on the base yaw axis, so it stays put; at all-zero angles the arm is
+        straight (see the URDF).
+        """
+        d = self._scratch
+        d.qpos[:] = 0.0
+        mujoco.mj_kinematics(self._model, d)
+        shoulder = d.xanchor[self._model.joint(self.joint_names[1]).id].copy()
+        return shoulder, float(np.linalg.norm(d.xpos[self._ee_body] - shoulder))
+
+    # ------------------------------------------------------------------------ sampling ---
+    def _collision_free(self, q: np.ndarray) -> bool:
+        """No contact (floor or self) at joint configuration q; uses the scratch data."""
+        d = self._scratch
+        d.qpos[self._qadr] = q
+        mujoco.mj_kinematics(self._model, d)
+        mujoco.mj_collision(self._model, d)
+        return d.ncon == 0
+
+    def random_configuration(self, rng: np.random.Generator, lo: np.ndarray | None = None,
+                             hi: np.ndarray | None = None, min_ee_height: float = 0.0,
+                             tries: int = 200) -> np.ndarray:
+        """Draw a uniform joint configuration (J,) free of contact, by rejection.
+
+        Within [lo, hi] (default: the URDF limits), with no contact of the arm with the floor or
+        itself and tool0 at least ``min_ee_height`` above the floor.
+        """
+        lo = self.lower if lo is None else np.asarray(lo, dtype=np.float64)
+        hi = self.upper if hi is None else np.asarray(hi, dtype=np.float64)
+        for _ in range(tries):
+            q = rng.uniform(lo, hi)
+            if self._collision_free(q) and self._scratch.xpos[self._ee_body, 2] >= min_ee_height:
+                return q
+        raise RuntimeError(f'{self.name}: no collision-free configuration found in {tries} '
+                           f'tries within [{lo}, {hi}]')
+
+    def forward_kinematics(self, q) -> np.ndarray:
+        """tool0 position (3,) at joint configuration q (does not touch the simulation)."""
+        q = self.check_target(q)
+        d = self._scratch
+        d.qpos[self._qadr] = q
+        mujoco.mj_kinematics(self._model, d)
+        return d.xpos[self._ee_body].copy()
+
+    # ------------------------------------------------------------------------ episodes ---
+    def reset(self, seed: int | None = None) -> None:
+        """Random collision-free start in the central part of the ranges and a reachable goal."""
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        cfg = self.config
+        mid = 0.5 * (self.lower + self.upper)
+        half = 0.5 * (self.upper - self.lower) * float(cfg.init_range_fraction)
+        q0 = self.random_configuration(self._rng, mid - half, mid + half)
+        # Goal = tool0 at another random collision-free configuration: reachable by construction.
+        q_goal = self.random_configuration(self._rng, min_ee_height=float(cfg.min_goal_height))
+        goal = self.forward_kinematics(q_goal)
+        self._goal_joints = q_goal
+
+        mujoco.mj_resetData(self._model, self._data)
+        self._data.qpos[self._qadr] = q0
+        self._data.ctrl[:] = q0
+        self._place_goal(goal)
+        self._setpoint = q0.copy()
+        self._setpoint_velocity = np.zeros(self.num_joints)
+        self._target = q0.copy()
+        mujoco.mj_forward(self._model, self._data)
+
+    def set_goal(self, position) -> None:
+        """Move the goal point to ``position`` (3,) in the world frame, metres."""
+        p = np.asarray(position, dtype=np.float64)
+        if p.shape != (3,) or not np.all(np.isfinite(p)):
+            raise CommandError(f'{self.name}: goal must be 3 finite numbers, got {p.tolist()}')
+        dist = float(np.linalg.norm(p - self._shoulder))
+        if p[2] < 0.0 or dist > self._reach + float(self.config.goal_tolerance):
+            raise CommandError(f'{self.name}: goal {p.tolist()} is out of reach (z must be >= 0 '
+                               f'and within {self._reach:.3f} m of the shoulder, is {dist:.3f} m)')
+        self._place_goal(p)
+        self._goal_joints = None
+        mujoco.mj_kinematics(self._model, self._data)
+
+    def _place_goal(self, position: np.ndarray) -> None:
+        self._data.mocap_pos[self._goal_mocap] = position
+        self._data.mocap_pos[self._shadow_mocap] = [position[0], position[1], 0.001]
+
+    # ------------------------------------------------------------------------- control ---
+    def set_target(self, target: np.ndarray) -> None:
+        try:
+            checked = self.check_target(target)
+        except CommandError:
+            raise
+        except (TypeError, ValueError) as exc:  # not convertible to a float array at all
+            raise CommandError(f'{self.name}: target {target!r} is not numeric: {exc}') from None
+        self._target = checked.copy()
+
+    def step(self) -> None:
+        """One control period of physics steps, the setpoint generator running at each one."""
+        m, d = self._model, self._data
+        dt = m.opt.timestep
+        accel = float(self.config.acceleration_limit)
+        dv, two_a, vmax, inv_dt = accel * dt, 2.0 * accel, self._max_speed, 1.0 / dt
+        target, sp, v = self._target, self._setpoint.copy(), self._setpoint_velocity.copy()
+        qadr, max_lag = self._qadr, self._max_lag
+        for _ in range(self._n_sub):
+            err = target - sp                                                     # (J,)
+            # Fastest speed from which the setpoint can still brake to rest on the target,
+            # and no more than lands exactly on it within this step.
+            dist = np.abs(err)
+            speed = np.minimum(np.minimum(vmax, np.sqrt(two_a * dist)), dist * inv_dt)
+            # (np.minimum/np.maximum: np.clip costs several times more on 4-element arrays)
+            v += np.maximum(np.minimum(np.copysign(speed, err) - v, dv), -dv)
+            sp += v * dt
+            # Following-error bound (as in industrial drives): a blocked joint (contact) does
+            # not wind up a large error that would whip it past its velocity limit on release.
+            q = d.qpos[qadr]
+            lagging = np.abs(sp - q) > max_lag
+            if lagging.any():
+                sp = np.minimum(np.maximum(sp, q - max_lag), q + max_lag)
+                v[lagging] = 0.0
+            d.ctrl[:] = sp
+            mujoco.mj_step(m, d)
+        self._setpoint, self._setpoint_velocity = sp, v
+        # mj_step leaves poses one physics step behind qpos; refresh them for render/ground truth.
+        mujoco.mj_kinematics(m, d)
+
+    # ------------------------------------------------------------------------- observe ---
+    def render(self) -> np.ndarray:
+        if self._renderer is None:
+            size = int(self.config.image_size)
+            self._renderer = mujoco.Renderer(self._model, height=size, width=size)
+            # Free the GL context when the scene goes, or at interpreter exit at the latest:
+            # left to Renderer.__del__ during shutdown, EGL is already gone and it raises.
+            self._close_renderer = weakref.finalize(self, self._renderer.close)
+            # With multisampling the very first frame of a new GL context differs from all later
+            # renders of the same state in a pixel or so; discard it, so frames are a pure
+            # function of the state.
+            self._renderer.update_scene(self._data, camera=self._camera)
+            self._renderer.render()
+        self._renderer.update_scene(self._data, camera=self._camera)
+        return self._renderer.render()
+
+    @property
+    def joint_positions(self) -> np.ndarray:
+        return self._data.qpos[self._qadr].astype(np.float64)
+
+    @property
+    def joint_velocities(self) -> np.ndarray:
+        return self._data.qvel[self._vadr].astype(np.float64)
+
+    @property
+    def target(self) -> np.ndarray:
+        return self._target.copy()
+
+    @property
+    def goal_position(self) -> np.ndarray:
+        """(3,) the goal point in the world frame."""
+        return self._data.mocap_pos[self._goal_mocap].copy()
+
+    @property
+    def goal_joints(self) -> np.ndarray | None:
+        """(J,) a configuration that puts tool0 on the goal, or None after ``set_goal``.
+
+        For goal images (render the arm there) and oracle controllers.
+        """
+        return None if self._goal_joints is None else self._goal_joints.copy()
+
+    def ground_truth(self) -> dict[str, np.ndarray]:
+        w, x, y, z = self._data.xquat[self._ee_body]
+        return {
+            'ee_position': self._data.xpos[self._ee_body].copy(),
+            'ee_quaternion': np.array([x, y, z, w]),  # (x, y, z, w) as in ROS messages
+            'goal_position': self.goal_position,
+        }
+
+    def success(self) -> bool:
+        gap = np.linalg.norm(self._data.xpos[self._ee_body] - self.goal_position)
+        return bool(gap <= float(self.config.goal_tolerance))
+
+    def make_explorer(self, rng: np.random.Generator):
+        return _WaypointExplorer(self, rng)
+
+    # --------------------------------------------------------------------------- state ---
+    def _state_size(self) -> int:
+        return mujoco.mj_stateSize(self._model, _INTEGRATION) + 4 * self.num_joints
+
+    def get_state(self) -> np.ndarray:
+        """Copy the full state into a flat float64 vector.
+
+        Layout: [MuJoCo integration state (time, qpos, qvel, act, warm start, ctrl, mocap = the
+        goal point, ...), setpoint (J), setpoint velocity (J), target (J), goal joints (J, NaN
+        when unknown)].
+        """
+        sim = np.empty(mujoco.mj_stateSize(self._model, _INTEGRATION))
+        mujoco.mj_getState(self._model, self._data, sim, _INTEGRATION)
+        goal_joints = np.full(self.num_joints, np.nan) if self._goal_joints is None \
+            else self._goal_joints
+        return np.concatenate(
+            [sim, self._setpoint, self._setpoint_velocity, self._target, goal_joints])
+
+    def set_state(self, state: np.ndarray) -> None:
+        """Restore a ``get_state()`` vector exactly (same frames and motion from here on)."""
+        s = np.asarray(state, dtype=np.float64)
+        if s.shape != (self._state_size(),):
+            raise ValueError(f'{self.name}: state has shape {s.shape}, expected '
+                             f'({self._state_size()},) from get_state()')
+        j = self.num_joints
+        sim, setpoint, velocity, target, goal_joints = np.split(
+            s, [len(s) - 4 * j, len(s) - 3 * j, len(s) - 2 * j, len(s) - j])
+        if not np.all(np.isfinite(s[:-j])):
+            raise ValueError(f'{self.name}: state contains NaN/inf')
+        target = self.check_target(target)
+        mujoco.mj_setState(self._model, self._data, sim, _INTEGRATION)
+        self._setpoint, self._setpoint_velocity = setpoint.copy(), velocity.copy()
+        self._target = target.copy()
+        self._goal_joints = None if np.isnan(goal_joints).any() else goal_joints.copy()
+        mujoco.mj_kinematics(self._model, self._data)
+
+    def close(self) -> None:
+        """Free the offscreen GL context (also freed when the scene is garbage-collected)."""
+        if self._close_renderer is not None:
+            self._close_renderer()
+        self._renderer = self._close_renderer = None
+
+
+class _WaypointExplorer:
+    """Smooth random joint targets for data collection.
+
+    Every N control steps (N random in [explore_min_steps, explore_max_steps]) a new waypoint is
+    drawn from collision-free configurations over the full joint ranges, or, with probability
+    ``explore_hold_probability``, the arm holds still. The command moves towards the waypoint by
+    at most a random fraction (0.2-1) of the velocity limit per step, so consecutive actions are
+    correlated yet the whole range is covered. Each command starts from the target in force.
+    """
+
+    def __init__(self, scene: ArmReachScene, rng: np.random.Generator):
+        self._scene = scene
+        self._rng = rng
+        self._cmd: np.ndarray | None = None
+        self._waypoint: np.ndarray | None = None
+        self._max_step = np.zeros(scene.num_joints)
+        self._left = 0
+
+    def __call__(self) -> np.ndarray:
+        s, cfg, rng = self._scene, self._scene.config, self._rng
+        if self._cmd is None or not np.array_equal(self._cmd, s.target):
+            # First call, a reset, or a command that was not applied: go on from what is in
+            # force, so that actions stay continuous with the arm's motion.
+            self._cmd = s.target
+            self._left = 0
+        if self._left <= 0:
+            self._left = int(rng.integers(cfg.explore_min_steps, cfg.explore_max_steps + 1))
+            if rng.random() < float(cfg.explore_hold_probability):
+                self._waypoint = self._cmd.copy()
+            else:
+                self._waypoint = s.random_configuration(rng)
+            self._max_step = rng.uniform(0.2, 1.0) * s.velocity_limit * s.control_dt
+        self._left -= 1
+        step = np.clip(self._waypoint - self._cmd, -self._max_step, self._max_step)
+        self._cmd = np.clip(self._cmd + step, s.lower, s.upper)
+        return self._cmd.copy()
