@@ -115,7 +115,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
                               f'or delete them')
     scene = make_scene(cfg.scene, cfg.scene_config())
     # CameraInfo intrinsics: the scene's own field of view when it declares one
-    fovy = getattr(scene, 'camera_fovy_deg', BagWriterConfig.camera_fovy_deg)
+    fovy = scene.camera_fovy_deg or BagWriterConfig.camera_fovy_deg
     writer_cfg = BagWriterConfig(storage=cfg.storage, camera_fovy_deg=fovy)
     cfg.out.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
