@@ -146,9 +146,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
             nbytes += writer.nbytes
     finally:
         bar.close()
-        close = getattr(scene, 'close', None)  # scenes holding renderers free them here
-        if callable(close):
-            close()
+        scene.close()  # scenes holding renderers free them here
     seconds = time.perf_counter() - t0
     return {'scene': cfg.scene, 'episodes': cfg.episodes, 'frames': frames,
             'seconds': round(seconds, 3), 'frames_per_s': round(frames / max(seconds, 1e-9), 1),

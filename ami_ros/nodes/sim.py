@@ -45,7 +45,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ami_ros.nodes.common import (ConfigParameters, RateMeter, ThrottledLog, camera_info_msg,
                                   diagnostic_status, image_to_msg, run_node, seconds, time_msg)
-from ami_ros.sim import SCENES, CommandError, SceneConfig, make_scene
+from ami_ros.sim import SCENES, CommandError, Scene, SceneConfig, make_scene
 from ami_ros.sim.truth import pose_topic, signal_topic, split_truth
 
 TRAJECTORY_TOPIC = 'joint_trajectory_controller/joint_trajectory'
@@ -302,15 +302,12 @@ class SimNode(Node):
     def _on_goal_pose(self, msg: PoseStamped) -> None:
         source = self.resolve_topic_name(GOAL_TOPIC)
         frame = self.params.config.world_frame_id
-        set_goal = getattr(self.scene, 'set_goal', None)
         try:
-            if set_goal is None:
-                raise CommandError(f'scene {self.scene.name} has a fixed goal')
             if msg.header.frame_id not in ('', frame):
                 raise CommandError(f'goal frame_id must be {frame!r}, got {msg.header.frame_id!r}')
             p = msg.pose.position
-            set_goal(np.array([p.x, p.y, p.z]))
-        except CommandError as e:
+            self.scene.set_goal(np.array([p.x, p.y, p.z]))
+        except (CommandError, NotImplementedError) as e:
             return self._reject(source, e)
         self.accepted += 1
 
@@ -322,8 +319,7 @@ class SimNode(Node):
         return response
 
     def _on_set_goal(self, request, response):
-        set_goal = getattr(self.scene, 'set_goal', None)
-        if set_goal is None:
+        if type(self.scene).set_goal is Scene.set_goal:
             response.success, response.message = False, f'scene {self.scene.name} has a fixed goal'
             return response
         # draw a goal exactly as reset() does, then put the robot back where it was
@@ -335,7 +331,7 @@ class SimNode(Node):
             if 'goal' not in poses:
                 raise CommandError(f'scene {self.scene.name} reports no goal pose')
             goal = poses['goal'][0]
-            set_goal(goal)
+            self.scene.set_goal(goal)
         except CommandError as e:
             response.success, response.message = False, str(e)
             return response
@@ -386,9 +382,8 @@ class SimNode(Node):
         self._diag_pub.publish(msg)
 
     def destroy_node(self) -> None:
-        close = getattr(self.scene, 'close', None) if hasattr(self, 'scene') else None
-        if close is not None:
-            close()  # free the offscreen GL context while the process can still do it cleanly
+        if hasattr(self, 'scene'):
+            self.scene.close()  # free the offscreen GL context while the process can still do it cleanly
         super().destroy_node()
 
 
