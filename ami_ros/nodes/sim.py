@@ -383,7 +383,8 @@ class SimNode(Node):
 
     def destroy_node(self) -> None:
         if hasattr(self, 'scene'):
-            self.scene.close()  # free the offscreen GL context while the process can still do it cleanly
+            # free the offscreen GL context while the process can still do it cleanly
+            self.scene.close()
         super().destroy_node()
 
 

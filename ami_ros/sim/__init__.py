@@ -13,7 +13,10 @@ SCENES = {
 
 
 def make_scene(name: str, config: SceneConfig | None = None) -> Scene:
-    """Create a scene by name, e.g. ``make_scene('arm_reach', SceneConfig(image_size=128))``."""
+    """Create a scene by name.
+
+    Example: ``make_scene('arm_reach', SceneConfig(image_size=128))``.
+    """
     if name not in SCENES:
         raise ValueError(f'unknown scene {name!r}; choose one of {sorted(SCENES)}')
     module, cls = SCENES[name].split(':')

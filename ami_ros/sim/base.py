@@ -96,8 +96,11 @@ class Scene(abc.ABC):
 
     @abc.abstractmethod
     def make_explorer(self, rng: np.random.Generator):
-        """An exploration policy for data collection: a callable ``() -> target`` (J,) called once
-        per control step, that covers the workspace (and, for manipulation, makes contact)."""
+        """Make an exploration policy for data collection.
+
+        Returns a callable ``() -> target`` (J,), called once per control step, whose targets cover
+        the workspace (and, for manipulation, make contact).
+        """
 
     @abc.abstractmethod
     def get_state(self) -> np.ndarray:
