@@ -40,6 +40,9 @@ setup(
         'console_scripts': [
             'ami-ros = ami_ros.cli:main',
             'sim = ami_ros.nodes.sim:main',
+            'perception = ami_ros.nodes.perception:main',
+            'world_model = ami_ros.nodes.world_model:main',
+            'planner = ami_ros.nodes.planner:main',
         ],
     },
 )

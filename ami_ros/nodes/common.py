@@ -382,7 +382,8 @@ class ConfigParameters(Generic[C]):
         for spec in self._specs:
             default = getattr(defaults, spec.name)
             if spec.sequence:
-                default = list(default)
+                # rclpy would type an empty list as a byte array: declare the type, value unset
+                default = list(default) or spec.ptype
             try:
                 param = self._node.declare_parameter(spec.param, default, self._descriptor(spec))
                 values[spec.name] = self._coerce(spec, param)
@@ -398,6 +399,8 @@ class ConfigParameters(Generic[C]):
     def _coerce(self, spec: _FieldSpec, param: Parameter) -> Any:
         """The field value of a parameter, or ValueError naming the parameter and value."""
         value = param.value
+        if spec.sequence and param.type_ == Parameter.Type.NOT_SET:
+            return ()  # an empty sequence (declared by type, or never given)
         accepted = {spec.ptype}
         if spec.element is float:
             accepted.add(Parameter.Type.INTEGER_ARRAY if spec.sequence else Parameter.Type.INTEGER)

@@ -1,0 +1,255 @@
+"""Bring-up: launch file, parameter files, ``ami-ros bringup``, stack and sim as two processes.
+
+The launch file is checked statically (launch/launch_ros are not installable here), the
+parameter files against the nodes' configs, and one short run of the stack (``ami-ros
+bringup``) with the simulator in another process shows commands reaching the sim.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+import typing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ami_ros.cli import bringup
+from ami_ros.sim import SCENES
+from conftest import REPO, console_scripts, node_command
+
+LAUNCH = REPO / 'launch' / 'ami_bringup.launch.py'
+NODES = ('perception', 'world_model', 'planner')
+
+
+def _tree():
+    return ast.parse(LAUNCH.read_text(), filename=str(LAUNCH))
+
+
+def _calls(tree, name: str) -> list[ast.Call]:
+    def called(c):
+        f = c.func
+        return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ''
+    return [c for c in ast.walk(tree) if isinstance(c, ast.Call) and called(c) == name]
+
+
+def _kw(call: ast.Call) -> dict:
+    return {k.arg: k.value for k in call.keywords}
+
+
+def test_launch_arguments_are_declared_and_described():
+    declared = {}
+    for call in _calls(_tree(), 'DeclareLaunchArgument'):
+        kw = _kw(call)
+        desc = kw['description']
+        text = desc.value if isinstance(desc, ast.Constant) else ''.join(
+            v.value for v in ast.walk(desc) if isinstance(v, ast.Constant))
+        declared[call.args[0].value] = (text, kw)
+    assert set(declared) == {'scene', 'backend', 'params_file', 'use_sim', 'namespace'}
+    for name, (text, _) in declared.items():
+        assert len(text) > 20, f'argument {name!r} needs a real description'
+    scenes = ast.literal_eval(declared['scene'][1]['choices'])
+    assert sorted(scenes) == sorted(SCENES), 'scene choices must follow ami_ros.sim.SCENES'
+    from ami_ros.nodes.lifecycle import BACKENDS
+    assert tuple(ast.literal_eval(declared['backend'][1]['choices'])) == BACKENDS
+    assert ast.literal_eval(declared['use_sim'][1]['choices']) == ['true', 'false']
+
+
+def test_launch_nodes_are_installed_executables_built_by_one_helper():
+    tree = _tree()
+    nodes = ast.literal_eval(next(n.value for n in tree.body if isinstance(n, ast.Assign)
+                                  and n.targets[0].id == 'NODES'))
+    assert tuple(nodes) == NODES
+    scripts = console_scripts()
+    assert all(n in scripts and scripts[n] == f'ami_ros.nodes.{n}:main' for n in nodes)
+    helpers = [f for f in tree.body if isinstance(f, ast.FunctionDef) and _calls(f, 'Node')]
+    assert [h.name for h in helpers] == ['ami_node'], 'one helper builds the Node blocks'
+    assert len(_calls(tree, 'Node')) == 1
+    node = _kw(_calls(tree, 'Node')[0])
+    assert node['package'].value == 'ami_ros' and node['executable'].id == 'executable'
+    params = [ast.unparse(p) for p in node['parameters'].elts]
+    assert params[0] == "LaunchConfiguration('params_file')", 'the params file comes first'
+    assert "'.yaml'" in params[1] and "'config'" in params[1], 'then config/<scene>.yaml'
+    assert all(k in params[2] for k in ("'scene'", "'backend'", "'use_sim_time'"))
+
+
+def test_launch_includes_the_sim_when_use_sim():
+    include = _calls(_tree(), 'IncludeLaunchDescription')
+    assert len(include) == 1
+    source = ast.unparse(include[0])
+    assert "'sim.launch.py'" in source and "IfCondition(LaunchConfiguration('use_sim'))" in source
+    assert (REPO / 'launch' / 'sim.launch.py').is_file()
+    for arg in ('scene', 'namespace', 'use_sim_time'):
+        assert f"'{arg}'" in source
+
+
+@pytest.mark.skipif(importlib.util.find_spec('launch_ros') is None,
+                    reason='launch/launch_ros are not on PyPI and not installed here; the launch '
+                           'file is checked statically above')
+def test_launch_file_imports_and_describes():
+    spec = importlib.util.spec_from_file_location('ami_bringup_launch', LAUNCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    assert len(description.entities) == 5 + 1 + 3
+
+
+def _config_classes():
+    from ami_ros.nodes.perception import PerceptionConfig
+    from ami_ros.nodes.planner import PlannerNodeConfig
+    from ami_ros.nodes.world_model import WorldModelNodeConfig
+    return {'perception': PerceptionConfig, 'world_model': WorldModelNodeConfig,
+            'planner': PlannerNodeConfig}
+
+
+def _check_type(name: str, hint, value) -> None:
+    origin = typing.get_origin(hint)
+    if origin in (tuple, list):
+        assert isinstance(value, list) and value, f'{name}: needs a non-empty list'
+        for v in value:
+            _check_type(name, typing.get_args(hint)[0], v)
+    elif hint is float:
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), name
+    else:
+        assert type(value) is hint, f'{name}: {value!r} is not {hint.__name__}'
+
+
+@pytest.mark.parametrize('extra', [None, *sorted(SCENES)])
+def test_params_files_match_the_node_configs(extra):
+    """Every key of the params files is a field of that node's config, of the right type.
+
+    config/ami_ros.yaml, then a scene file; the merged values must make a valid config.
+    """
+    files = [REPO / 'config' / 'ami_ros.yaml']
+    if extra:
+        files.append(REPO / 'config' / f'{extra}.yaml')
+    blocks = [yaml.safe_load(f.read_text()) for f in files]
+    for node, cls in _config_classes().items():
+        hints = typing.get_type_hints(cls)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        merged = {}
+        for f, data in zip(files, blocks):
+            for key in ('/**', f'/**/{node}'):
+                values = (data.get(key) or {}).get('ros__parameters', {})
+                unknown = set(values) - fields - {'use_sim_time'}
+                assert not unknown, f'{f.name}: {key} has keys no {cls.__name__} field has: ' \
+                    f'{sorted(unknown)}'
+                for name, value in values.items():
+                    if name in hints and value != '':
+                        _check_type(f'{f.name} {key} {name}', hints[name], value)
+                merged.update(values)
+        config = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()
+                        if k in fields})
+        if extra:
+            assert config.scene == extra
+    assert blocks[0]['/**']['ros__parameters']['scene'] in SCENES
+
+
+def test_every_scene_has_an_override_file_the_launch_file_can_load():
+    for scene in SCENES:
+        assert (REPO / 'config' / f'{scene}.yaml').is_file(), scene
+
+
+def _args(*argv):
+    from ami_ros.cli import build_parser
+    return build_parser().parse_args(['bringup', *argv])
+
+
+def test_bringup_arguments_order_files_then_overrides(tmp_path):
+    params = tmp_path / 'mine.yaml'
+    params.write_text('/**:\n  ros__parameters:\n    scene: arm_reach\n')
+    out = bringup.ros_arguments(_args('--params', str(params), '--scene', 'pusht', '--with-sim',
+                                      '--namespace', 'robot1', '--ros-args', '-p',
+                                      'planner:samples:=64'))
+    assert out[0] == '--ros-args'
+    files = [out[i + 1] for i, a in enumerate(out) if a == '--params-file']
+    assert [Path(f).name for f in files] == ['sim.yaml', 'mine.yaml', 'pusht.yaml']
+    assert bringup.node_overrides(_args('--scene', 'pusht', '--with-sim')) == {
+        'scene': 'pusht', 'use_sim_time': True}
+    assert bringup.node_overrides(_args()) == {'scene': 'arm_reach'}
+    assert out[out.index('-r') + 1] == '__ns:=/robot1'
+    assert out[-2:] == ['-p', 'planner:samples:=64'], 'user arguments come last (they win)'
+    with pytest.raises(ValueError, match='not found'):
+        bringup.ros_arguments(_args('--params', str(tmp_path / 'missing.yaml')))
+    with pytest.raises(SystemExit):  # node arguments only after --ros-args
+        _args('-p', 'x:=1')
+
+
+# ------------------------------------------------------------------------------------------------
+# the stack and the simulator as two processes
+
+
+@pytest.mark.timeout(240)
+def test_stack_and_sim_in_separate_processes(ros_node, ros_process, wait_for, tmp_path):
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2) is not installed')
+    pytest.importorskip('mujoco', reason='the arm_reach scene needs MuJoCo')
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseStamped
+    from sensor_msgs.msg import JointState
+    from trajectory_msgs.msg import JointTrajectory
+
+    from test_nodes import train_tiny_arm_model
+
+    model = train_tiny_arm_model(tmp_path / 'tiny_arm')
+    params = yaml.safe_load((REPO / 'config' / 'ami_ros.yaml').read_text())
+    params['/**']['ros__parameters'].update(model=str(model), diagnostics_hz=2.0,
+                                            use_sim_time=True)
+    params['/**/planner']['ros__parameters'].update(samples=48, elites=8, iterations=2,
+                                                    horizon=4)
+    params_file = tmp_path / 'stack.yaml'
+    params_file.write_text(yaml.safe_dump(params))
+
+    diags, joints, commands, goal = [], [], [], []
+    ros_node.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 10)
+    ros_node.create_subscription(JointState, 'joint_states', joints.append, 10)
+    ros_node.create_subscription(JointTrajectory, 'joint_trajectory_controller/joint_trajectory',
+                                 commands.append, 10)
+    ros_node.create_subscription(PoseStamped, '/sim/goal_pose', goal.append, 10)
+    goal_pub = ros_node.create_publisher(PoseStamped, 'ami/goal_pose', 10)
+
+    def status(name: str) -> dict[str, str]:
+        found = [s for d in diags for s in d.status if s.name.split(':')[0] == name]
+        return {kv.key: kv.value for kv in found[-1].values} | {'_message': found[-1].message} \
+            if found else {}
+
+    ros_process(node_command('sim', 'ami_ros.nodes.sim') + [
+        '--ros-args', '-p', 'scene:=arm_reach', '-p', 'image_size:=64', '-p', 'seed:=2'],
+        name='sim')
+    stack = ros_process(node_command('ami-ros', 'ami_ros.cli') + [
+        'bringup', '--params', str(params_file), '--scene', 'arm_reach', '--json'],
+        name='bringup')
+    assert wait_for(lambda: goal and joints and status('/planner').get('lifecycle_state') ==
+                    'active' and goal_pub.get_subscription_count() > 0, 90.0), \
+        f'stack not up: {status("/planner")}\n{stack.output()[-3000:]}'
+    assert wait_for(lambda: float(status('/world_model').get('belief_stamp', -1)) > 0, 30.0), \
+        status('/world_model')
+    q0 = np.array(joints[-1].position)
+    p = goal[-1].pose.position
+    msg = PoseStamped()
+    msg.header.frame_id = 'world'
+    msg.pose.position = p
+    goal_pub.publish(msg)
+
+    # the commands reach the sim: it accepts them and the arm moves
+    assert wait_for(lambda: int(status('sim').get('accepted_commands', 0)) >= 10, 30.0), \
+        f'sim: {status("sim")}\nplanner: {status("/planner")}\n{stack.output()[-3000:]}'
+    assert status('sim')['rejected_commands'] == '0'
+    assert wait_for(lambda: np.abs(np.array(joints[-1].position) - q0).max() > 0.02, 20.0)
+    planner = status('/planner')
+    assert planner['state'] == 'planning', planner
+    # stamps are sim time (use_sim_time): the commands start "now" (stamp 0)
+    assert all(c.header.stamp.sec == 0 and c.header.stamp.nanosec == 0 for c in commands)
+
+    assert stack.stop() == 0, stack.output()[-3000:]
+    output = stack.log_path.read_text()
+    summary = json.loads(next(line for line in reversed(output.splitlines())
+                              if line.startswith('{')))
+    assert set(summary) == {'/perception', '/world_model', '/planner'}
+    rates = {name: {k: v for k, v in values.items() if k.endswith(('rate_hz', '_ms'))}
+             for name, values in summary.items()}
+    print(json.dumps(rates, indent=1))
+    assert float(summary['/perception']['input_rate_hz']) > 5.0
+    assert int(summary['/planner']['commands']) >= 10
