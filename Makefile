@@ -17,6 +17,9 @@ test: setup
 	@$(VENV)/bin/python -m pytest -q -p no:cacheprovider test $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 0; fi; exit $$rc
 
+bench: setup
+	$(VENV)/bin/ami-ros bench
+
 lint: setup
 	$(VENV)/bin/python -m pytest -q test/test_lint.py
 
