@@ -16,8 +16,8 @@ from ami_ros.safety import (Chain, GoalError, Limits, UnsafeCommand, UrdfError, 
 
 ARM = urdf_path('arm_reach')
 ARM_JOINTS = ('shoulder_pan_joint', 'shoulder_lift_joint', 'elbow_joint', 'wrist_pitch_joint')
-ARM_LOWER = np.array([-2.9, -2.0, -2.4, -2.0])
-ARM_UPPER = -ARM_LOWER
+ARM_LOWER = np.array([-2.9, -0.3, -2.4, -2.0])
+ARM_UPPER = np.array([2.9, 2.0, 2.4, 2.0])
 ARM_VELOCITY = np.array([2.0, 2.0, 2.5, 3.0])
 DT = 0.1
 
@@ -80,7 +80,7 @@ def test_clamp_keeps_positions_inside_and_steps_below_velocity_times_dt(limits):
     np.testing.assert_allclose(safe, [0.2, -0.2, 0.1, 0.0])
     # without a previous command only the bounds apply
     safe, changed = limits.clamp([10.0, -10.0, 0.1, 0.0])
-    np.testing.assert_array_equal(safe, [2.9, -2.0, 0.1, 0.0])
+    np.testing.assert_array_equal(safe, [2.9, -0.3, 0.1, 0.0])
     assert changed
     safe, changed = limits.clamp([0.1, 0.1, 0.1, 0.1], previous=q0, dt=DT)
     assert not changed
@@ -128,7 +128,7 @@ def test_final_check_and_hold(limits):
         limits.final_check([0.0, 0.0, 2.5, 0.0])
     np.testing.assert_array_equal(limits.final_check(ARM_UPPER), ARM_UPPER)
     # hold = the measured position, inside the bounds, whatever the previous command was
-    np.testing.assert_array_equal(limits.hold([0.5, -2.2, 0.0, 1.0]), [0.5, -2.0, 0.0, 1.0])
+    np.testing.assert_array_equal(limits.hold([0.5, -2.2, 0.0, 1.0]), [0.5, -0.3, 0.0, 1.0])
 
 
 def test_twist_limits():

@@ -1,0 +1,484 @@
+"""Typed, validated configuration of the world model and of its training run.
+
+Every component has one dataclass whose fields are documented and checked in ``__post_init__``;
+a YAML file maps onto :class:`RunConfig` with :func:`load_run_config`, and any unknown key, wrong
+type or bad value is reported as ``ConfigError`` naming the file and the dotted field
+(``train.batch_size``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value that is missing, unknown, of the wrong type or out of range."""
+
+
+def _check(cond: bool, name: str, value, what: str) -> None:
+    if not cond:
+        raise ConfigError(f'{name} {what}, got {value!r}')
+
+
+# --------------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------------
+@dataclass
+class CNNConfig:
+    """The default image encoder: strided convolutions, then a linear map to the latent."""
+
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    """Output channels of each 4x4 stride-2 convolution; each halves the image side."""
+
+    def __post_init__(self):
+        self.channels = tuple(int(c) for c in self.channels)
+        _check(1 <= len(self.channels) <= 6, 'cnn.channels', self.channels,
+               'must list 1 to 6 layers')
+        _check(all(1 <= c <= 1024 for c in self.channels), 'cnn.channels', self.channels,
+               'must be in [1, 1024]')
+
+
+@dataclass
+class ViTConfig:
+    """A small vision transformer encoder (ViT-tiny style) producing patch tokens."""
+
+    patch_size: int = 8
+    """Side of a square patch in pixels; must divide the image size."""
+    dim: int = 192
+    """Token width (ViT-tiny: 192)."""
+    depth: int = 4
+    """Number of transformer blocks (ViT-tiny has 12; 4 keeps CPU training practical)."""
+    heads: int = 3
+    """Attention heads; must divide ``dim``."""
+    mlp_ratio: float = 4.0
+    """Hidden width of each block's MLP as a multiple of ``dim``."""
+
+    def __post_init__(self):
+        _check(2 <= self.patch_size <= 64, 'vit.patch_size', self.patch_size, 'must be in [2, 64]')
+        _check(8 <= self.dim <= 2048, 'vit.dim', self.dim, 'must be in [8, 2048]')
+        _check(1 <= self.depth <= 24, 'vit.depth', self.depth, 'must be in [1, 24]')
+        _check(self.heads >= 1 and self.dim % self.heads == 0, 'vit.heads', self.heads,
+               f'must be >= 1 and divide vit.dim={self.dim}')
+        _check(0.5 <= self.mlp_ratio <= 8, 'vit.mlp_ratio', self.mlp_ratio, 'must be in [0.5, 8]')
+
+
+@dataclass
+class PredictorConfig:
+    """Action-conditioned latent dynamics: k past latents + m actions -> next latent."""
+
+    history: int = 3
+    """k: number of past latents (the current one included) the prediction is conditioned on."""
+    action_history: int = 1
+    """m <= k: number of actions conditioned on (1 = only the command in force now)."""
+    hidden: int = 512
+    """Width of the MLP's hidden layers."""
+    layers: int = 3
+    """Number of hidden layers of the MLP."""
+
+    def __post_init__(self):
+        _check(1 <= self.history <= 16, 'predictor.history', self.history, 'must be in [1, 16]')
+        _check(1 <= self.action_history <= self.history, 'predictor.action_history',
+               self.action_history, f'must be in [1, predictor.history={self.history}]')
+        _check(8 <= self.hidden <= 8192, 'predictor.hidden', self.hidden, 'must be in [8, 8192]')
+        _check(1 <= self.layers <= 8, 'predictor.layers', self.layers, 'must be in [1, 8]')
+
+
+@dataclass
+class ProbeSpec:
+    """One probe head: latent -> a named physical quantity (as in ``Episode.ground_truth``)."""
+
+    name: str
+    """Ground-truth key, or ``joint_positions``."""
+    dim: int
+    """Number of values of the quantity."""
+    angle: bool = False
+    """Angles are regressed as (cos, sin) and decoded with atan2 (e.g. ``block_yaw``)."""
+    mean: tuple[float, ...] = ()
+    """Per-value mean of the training targets (physical units; not used for angles)."""
+    std: tuple[float, ...] = ()
+    """Per-value standard deviation of the training targets (physical units)."""
+
+    def __post_init__(self):
+        _check(bool(self.name), 'probe.name', self.name, 'must be non-empty')
+        _check(1 <= self.dim <= 64, f'probe {self.name!r} dim', self.dim, 'must be in [1, 64]')
+        self.mean = tuple(float(v) for v in self.mean) or (0.0,) * self.dim
+        self.std = tuple(float(v) for v in self.std) or (1.0,) * self.dim
+        _check(len(self.mean) == self.dim and len(self.std) == self.dim,
+               f'probe {self.name!r} mean/std', (len(self.mean), len(self.std)),
+               f'must have dim={self.dim} values')
+        _check(all(s > 0 for s in self.std), f'probe {self.name!r} std', self.std, 'must be > 0')
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the world model (everything needed to rebuild it from its weights)."""
+
+    image_size: int = 64
+    """Side of the square input image; other sizes are resized inside ``encode``."""
+    latent_dim: int = 48
+    """D: size of the global latent state."""
+    action_dim: int = 0
+    """A: size of an action (joint position target); 0 = take it from the data."""
+    encoder: str = 'cnn'
+    """Image encoder: ``cnn`` (default, fast on CPU) or ``vit`` (patch tokens + global latent)."""
+    cnn: CNNConfig = field(default_factory=CNNConfig)
+    """Settings of the ``cnn`` encoder."""
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    """Settings of the ``vit`` encoder."""
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    """Settings of the action-conditioned predictor."""
+    probe_hidden: int = 128
+    """Hidden width of each probe MLP (latent -> physical quantity)."""
+    probes: tuple[ProbeSpec, ...] = ()
+    """Probe heads (filled by the probe phase of training, from the data)."""
+    action_mean: tuple[float, ...] = ()
+    """Per-joint mean of the training actions (rad); actions are normalised inside the model."""
+    action_std: tuple[float, ...] = ()
+    """Per-joint standard deviation of the training actions (rad)."""
+
+    def __post_init__(self):
+        _check(self.encoder in ('cnn', 'vit'), 'model.encoder', self.encoder,
+               "must be 'cnn' or 'vit'")
+        _check(16 <= self.image_size <= 512, 'model.image_size', self.image_size,
+               'must be in [16, 512]')
+        _check(2 <= self.latent_dim <= 4096, 'model.latent_dim', self.latent_dim,
+               'must be in [2, 4096]')
+        _check(0 <= self.action_dim <= 64, 'model.action_dim', self.action_dim,
+               'must be in [0, 64]')
+        _check(4 <= self.probe_hidden <= 4096, 'model.probe_hidden', self.probe_hidden,
+               'must be in [4, 4096]')
+        if self.encoder == 'cnn':
+            div = 2 ** len(self.cnn.channels)
+            _check(self.image_size % div == 0, 'model.image_size', self.image_size,
+                   f'must be divisible by 2**len(cnn.channels)={div}')
+        else:
+            _check(self.image_size % self.vit.patch_size == 0, 'model.image_size',
+                   self.image_size, f'must be divisible by vit.patch_size={self.vit.patch_size}')
+        self.probes = tuple(p if isinstance(p, ProbeSpec) else ProbeSpec(**p) for p in self.probes)
+        names = [p.name for p in self.probes]
+        _check(len(set(names)) == len(names), 'model.probes', names, 'must have unique names')
+        self.action_mean = tuple(float(v) for v in self.action_mean)
+        self.action_std = tuple(float(v) for v in self.action_std)
+        if self.action_dim:
+            self.action_mean = self.action_mean or (0.0,) * self.action_dim
+            self.action_std = self.action_std or (1.0,) * self.action_dim
+            _check(len(self.action_mean) == self.action_dim == len(self.action_std),
+                   'model.action_mean/action_std', (self.action_mean, self.action_std),
+                   f'must have action_dim={self.action_dim} values')
+            _check(all(s > 0 for s in self.action_std), 'model.action_std', self.action_std,
+                   'must be > 0')
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+@dataclass
+class LossConfig:
+    """The self-supervised objective: latent prediction + an anti-collapse regulariser."""
+
+    regularizer: str = 'vicreg'
+    """Anti-collapse term: ``vicreg`` (variance + covariance; default, see
+    ``ami_ros/model/world_model.py`` for the measurements) or ``sigreg`` (LeJEPA)."""
+    reg_weight: float = 1.0
+    """Weight of the regulariser relative to the prediction losses (1.0 for vicreg; about 0.1
+    for sigreg, whose statistic is scaled by the batch size)."""
+    reg_per_step: bool = True
+    """Apply the regulariser to each time step of the windows across the batch and average
+    (as LeWM does), instead of to all frames at once: frames of one window are near-duplicates,
+    and pooling them asks consecutive frames to be as far apart as unrelated ones."""
+    sigreg_projections: int = 256
+    """SIGReg: number of random 1-D projections per step."""
+    sigreg_knots: int = 17
+    """SIGReg: quadrature points of the Epps-Pulley integral over t in [0, sigreg_t_max]."""
+    sigreg_t_max: float = 3.0
+    """SIGReg: upper end of the characteristic-function integral."""
+    vicreg_variance_weight: float = 1.0
+    """VICReg: weight of the hinge on each dimension's standard deviation (target 1)."""
+    vicreg_covariance_weight: float = 0.04
+    """VICReg: weight of the squared off-diagonal covariances."""
+    horizon: int = 5
+    """H: open-loop rollout length trained on (windows hold history + H frames)."""
+    teacher_forcing_weight: float = 1.0
+    """Weight of the 1-step prediction loss from true (encoded) histories."""
+    rollout_weight: float = 1.0
+    """Weight of the H-step open-loop rollout loss."""
+    target: str = 'ema'
+    """Prediction targets: ``ema`` (an exponential-moving-average target encoder; default: on
+    arm_reach the others learn static scene features first), ``online`` (gradient through the
+    target encoding, as in LeJEPA; best on the tiny dot world) or ``detach`` (stop-gradient)."""
+    ema_decay: float = 0.98
+    """Decay of the EMA target encoder (used when ``target`` is ``ema``)."""
+    idm_weight: float = 0.0
+    """Weight of an inverse-dynamics term (as in PLDM, Sobal et al. 2025): a small head must
+    recover the normalised action a_t from (z_t, z_{t+1}). It makes the latent keep what the
+    robot controls, which pure prediction + anti-collapse can drop in favour of static scene
+    features (0 = off). The head is used only in training."""
+    idm_hidden: int = 256
+    """Hidden width of the inverse-dynamics head."""
+    proprio_weight: float = 0.0
+    """Weight of a proprioceptive term: a small head must recover the robot's own joint
+    positions (``/joint_states``, logged by every robot; standardised) from z_t. It anchors the
+    latent to the robot's configuration, which the JEPA terms alone learn slowly (0 = off).
+    The head is used only in training."""
+
+    def __post_init__(self):
+        _check(self.regularizer in ('sigreg', 'vicreg'), 'loss.regularizer', self.regularizer,
+               "must be 'sigreg' or 'vicreg'")
+        _check(self.target in ('online', 'detach', 'ema'), 'loss.target', self.target,
+               "must be 'online', 'detach' or 'ema'")
+        for name in ('reg_weight', 'vicreg_variance_weight', 'vicreg_covariance_weight',
+                     'teacher_forcing_weight', 'rollout_weight', 'idm_weight', 'proprio_weight'):
+            v = getattr(self, name)
+            _check(0 <= v < 1e6, f'loss.{name}', v, 'must be >= 0')
+        _check(self.teacher_forcing_weight + self.rollout_weight > 0, 'loss.rollout_weight',
+               self.rollout_weight, 'and loss.teacher_forcing_weight must not both be 0')
+        _check(1 <= self.sigreg_projections <= 8192, 'loss.sigreg_projections',
+               self.sigreg_projections, 'must be in [1, 8192]')
+        _check(3 <= self.sigreg_knots <= 257, 'loss.sigreg_knots', self.sigreg_knots,
+               'must be in [3, 257]')
+        _check(0.5 <= self.sigreg_t_max <= 10, 'loss.sigreg_t_max', self.sigreg_t_max,
+               'must be in [0.5, 10]')
+        _check(1 <= self.horizon <= 64, 'loss.horizon', self.horizon, 'must be in [1, 64]')
+        _check(0 < self.ema_decay < 1, 'loss.ema_decay', self.ema_decay, 'must be in (0, 1)')
+        _check(4 <= self.idm_hidden <= 8192, 'loss.idm_hidden', self.idm_hidden,
+               'must be in [4, 8192]')
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, validation, logging and checkpointing of the main training phase."""
+
+    max_steps: int = 4000
+    """Optimiser steps of the main phase."""
+    batch_size: int = 32
+    """Windows per step per process (each window holds history + horizon frames)."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    min_lr_ratio: float = 0.05
+    """The cosine schedule ends at lr * min_lr_ratio."""
+    warmup_steps: int = 200
+    """Linear learning-rate warm-up steps."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = off)."""
+    seed: int = 0
+    """Seed of initialisation, window sampling, the train/val split and SIGReg projections."""
+    device: str = 'auto'
+    """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; with torchrun the
+    CUDA device of each process is its LOCAL_RANK."""
+    num_threads: int = 0
+    """torch CPU threads per process (0 = leave torch's default)."""
+    deterministic: bool = True
+    """Bit-identical reruns: on CUDA, deterministic kernels (slower); CPU runs are always so."""
+    val_fraction: float = 0.1
+    """Fraction of episodes held out for validation (at least one episode)."""
+    val_every: int = 250
+    """Validate every this many steps (and at the end)."""
+    val_windows: int = 256
+    """Held-out windows used by each validation."""
+    log_every: int = 25
+    """Append training losses to the logs every this many steps."""
+    checkpoint_every: int = 500
+    """Save a resumable checkpoint every this many steps (and at the end / on Ctrl-C)."""
+
+    def __post_init__(self):
+        _check(self.max_steps >= 0, 'train.max_steps', self.max_steps, 'must be >= 0')
+        _check(1 <= self.batch_size <= 65536, 'train.batch_size', self.batch_size,
+               'must be in [1, 65536]')
+        _check(0 < self.lr < 1, 'train.lr', self.lr, 'must be in (0, 1)')
+        _check(0 <= self.min_lr_ratio <= 1, 'train.min_lr_ratio', self.min_lr_ratio,
+               'must be in [0, 1]')
+        _check(self.warmup_steps >= 0, 'train.warmup_steps', self.warmup_steps, 'must be >= 0')
+        _check(0 <= self.weight_decay < 1, 'train.weight_decay', self.weight_decay,
+               'must be in [0, 1)')
+        _check(self.grad_clip >= 0, 'train.grad_clip', self.grad_clip, 'must be >= 0')
+        _check(self.device == 'auto' or self.device == 'cpu' or self.device.startswith('cuda'),
+               'train.device', self.device, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        _check(0 <= self.num_threads <= 256, 'train.num_threads', self.num_threads,
+               'must be in [0, 256]')
+        _check(0 <= self.val_fraction < 1, 'train.val_fraction', self.val_fraction,
+               'must be in [0, 1)')
+        for name in ('val_every', 'val_windows', 'log_every', 'checkpoint_every'):
+            v = getattr(self, name)
+            _check(v >= 1, f'train.{name}', v, 'must be >= 1')
+
+
+@dataclass
+class ProbeTrainConfig:
+    """The second phase: probe heads trained on frozen latents."""
+
+    targets: tuple[str, ...] = ('ee_position', 'joint_positions')
+    """Quantities to probe: ground-truth keys or ``joint_positions``; names ending in ``_yaw``
+    are angles. Targets absent from the data are skipped with a warning."""
+    steps: int = 1500
+    """Optimiser steps of the probe phase (0 = no probes)."""
+    batch_size: int = 256
+    """Latents per probe step."""
+    lr: float = 2e-3
+    """AdamW learning rate of the probes."""
+
+    def __post_init__(self):
+        self.targets = tuple(str(t) for t in self.targets)
+        _check(self.steps >= 0, 'probe.steps', self.steps, 'must be >= 0')
+        _check(1 <= self.batch_size <= 65536, 'probe.batch_size', self.batch_size,
+               'must be in [1, 65536]')
+        _check(0 < self.lr < 1, 'probe.lr', self.lr, 'must be in (0, 1)')
+
+
+@dataclass
+class GenerateConfig:
+    """Episodes generated on the fly by a built-in scene instead of read from bags."""
+
+    scene: str = 'arm_reach'
+    """A scene of ``ami_ros.sim.make_scene``, or ``dot`` (a tiny analytic test world)."""
+    episodes: int = 40
+    """Number of episodes."""
+    length: int = 100
+    """Frames per episode."""
+    image_size: int = 64
+    """Rendered image side in pixels."""
+    seed: int = 0
+    """Seed of the scene and of its exploration policy."""
+
+    def __post_init__(self):
+        _check(1 <= self.episodes <= 100000, 'data.generate.episodes', self.episodes,
+               'must be in [1, 100000]')
+        _check(2 <= self.length <= 100000, 'data.generate.length', self.length,
+               'must be in [2, 100000]')
+        _check(16 <= self.image_size <= 512, 'data.generate.image_size', self.image_size,
+               'must be in [16, 512]')
+
+
+@dataclass
+class DataConfig:
+    """Where training episodes come from."""
+
+    paths: tuple[str, ...] = ()
+    """rosbag2 bags, or directories holding them (``ami-ros collect --out DIR``)."""
+    val_paths: tuple[str, ...] = ()
+    """Optional separate held-out bags; when empty, ``train.val_fraction`` of episodes is held
+    out."""
+    generate: GenerateConfig | None = None
+    """Generate episodes from a scene instead (used when ``paths`` is empty)."""
+
+    def __post_init__(self):
+        self.paths = tuple(str(p) for p in self.paths)
+        self.val_paths = tuple(str(p) for p in self.val_paths)
+
+
+@dataclass
+class RunConfig:
+    """Everything ``ami-ros train`` needs: one YAML file with these blocks."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Architecture (``model:`` block)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Objective (``loss:`` block)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation and bookkeeping (``train:`` block)."""
+    probe: ProbeTrainConfig = field(default_factory=ProbeTrainConfig)
+    """Probe phase (``probe:`` block)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data sources (``data:`` block)."""
+
+
+# --------------------------------------------------------------------------------------------
+# dict / YAML <-> dataclasses
+# --------------------------------------------------------------------------------------------
+def _convert(tp, value, name: str):
+    """Convert ``value`` to the annotated type ``tp``; raise ConfigError naming ``name``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, name)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f'{name} must be a mapping, got {value!r}')
+        return from_dict(tp, value, name)
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f'{name} must be a list, got {value!r}')
+        return tuple(_convert(args[0], v, f'{name}[{i}]') for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f'{name} must be true or false, got {value!r}')
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f'{name} must be an integer, got {value!r}')
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f'{name} must be a number, got {value!r}')
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f'{name} must be a string, got {value!r}')
+        return value
+    raise ConfigError(f'{name}: unsupported field type {tp!r}')
+
+
+def from_dict(cls, data: dict[str, Any], prefix: str = ''):
+    """Build dataclass ``cls`` from a (YAML-loaded) dict, strictly: unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    dotted = f'{prefix}.' if prefix else ''
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f' (did you mean {dotted}{close[0]}?)' if close else ''
+            raise ConfigError(f'{dotted}{key}: unknown field{hint}; fields of {cls.__name__}: '
+                              f'{", ".join(names)}')
+    kwargs = {k: _convert(hints[k], v, f'{dotted}{k}') for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        # the dataclass names its own fields; make the path absolute
+        msg = str(exc)
+        if prefix and not msg.startswith(prefix):
+            msg = f'{prefix}: {msg}'
+        raise ConfigError(msg) from None
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(f'{prefix or cls.__name__}: {exc}') from None
+
+
+def to_dict(obj) -> dict[str, Any]:
+    """A dataclass as plain JSON/YAML-ready values (tuples become lists)."""
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+    return plain(obj)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read a training YAML file into a validated :class:`RunConfig`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'{path}: config file not found')
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f'{path}: not valid YAML: {exc}') from None
+    if not isinstance(data, dict):
+        raise ConfigError(f'{path}: top level must be a mapping with blocks model/loss/train/'
+                          f'probe/data, got {type(data).__name__}')
+    try:
+        return from_dict(RunConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(f'{path}: {exc}') from None

@@ -1,0 +1,81 @@
+"""Image encoders: normalised image (B, 3, S, S) -> global latent (B, D), and patch tokens.
+
+Two choices, picked by ``ModelConfig.encoder``:
+
+* ``cnn`` (default): 4x4 stride-2 convolutions with GroupNorm + SiLU, then one linear layer from
+  the final feature map to the latent. ~1 ms per 64x64 frame on one CPU core.
+* ``vit``: a ViT-tiny style transformer over non-overlapping patches; the global latent is a
+  linear map of the mean token, and ``tokens()`` exposes the patch tokens themselves.
+
+GroupNorm rather than BatchNorm: the encoding of one frame must not depend on the rest of the
+batch (the perception node encodes one frame at a time, training sees batches).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ami_ros.model.config import ModelConfig
+
+
+def _groups(channels: int) -> int:
+    return math.gcd(channels, 8)
+
+
+class CNNEncoder(nn.Module):
+    """Strided convolutions -> flatten -> linear latent."""
+
+    def __init__(self, image_size: int, channels: tuple[int, ...], latent_dim: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, kernel_size=4, stride=2, padding=1),
+                       nn.GroupNorm(_groups(c), c), nn.SiLU()]
+            c_in = c
+        self.conv = nn.Sequential(*layers)
+        self.side = image_size // 2 ** len(channels)
+        self.token_dim = c_in
+        self.head = nn.Linear(c_in * self.side * self.side, latent_dim)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The final feature map as tokens: (B, side*side, C)."""
+        return self.conv(x).flatten(2).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).flatten(1))                      # (B, D)
+
+
+class ViTEncoder(nn.Module):
+    """Patch embedding + pre-norm transformer blocks; global latent from the mean token."""
+
+    def __init__(self, image_size: int, patch_size: int, dim: int, depth: int, heads: int,
+                 mlp_ratio: float, latent_dim: int):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+        n = (image_size // patch_size) ** 2
+        self.pos = nn.Parameter(torch.randn(1, n, dim) * 0.02)
+        block = nn.TransformerEncoderLayer(dim, heads, int(dim * mlp_ratio), dropout=0.0,
+                                           activation='gelu', batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.token_dim = dim
+        self.head = nn.Linear(dim, latent_dim)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2) + self.pos       # (B, N, dim)
+        return self.norm(self.blocks(t))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tokens(x).mean(dim=1))                   # (B, D)
+
+
+def build_encoder(config: ModelConfig) -> nn.Module:
+    """The encoder named by ``config.encoder``."""
+    if config.encoder == 'cnn':
+        return CNNEncoder(config.image_size, config.cnn.channels, config.latent_dim)
+    v = config.vit
+    return ViTEncoder(config.image_size, v.patch_size, v.dim, v.depth, v.heads, v.mlp_ratio,
+                      config.latent_dim)

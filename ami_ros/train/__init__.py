@@ -1,0 +1,1 @@
+"""Training and evaluation of the world model (torch, no ROS)."""

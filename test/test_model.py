@@ -1,0 +1,275 @@
+"""World model core: API contracts, regularisers, metrics, config validation, golden outputs.
+
+Golden files (test/golden/tiny_model/ and test/golden/tiny_outputs.npz) hold a tiny model with
+fixed weights and its outputs on fixed inputs. Regenerate them, only after an intended change
+of the model's computation, with::
+
+    .venv/bin/python test/test_model.py --regenerate-golden
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ami_ros.model import ConfigError, ModelConfig, WorldModel, load_checkpoint, save_checkpoint
+from ami_ros.model.config import (CNNConfig, PredictorConfig, ProbeSpec, RunConfig, ViTConfig,
+                                  from_dict, load_run_config)
+from ami_ros.model.losses import effective_rank, latent_variance, sigreg, vicreg
+from ami_ros.model.probes import angle_error
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / 'golden'
+
+
+def tiny_config(**kw) -> ModelConfig:
+    base = dict(image_size=16, latent_dim=8, action_dim=2, cnn=CNNConfig(channels=(4, 8)),
+                predictor=PredictorConfig(history=2, action_history=1, hidden=16, layers=1),
+                probe_hidden=8)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def tiny_model(seed: int = 0, **kw) -> WorldModel:
+    torch.manual_seed(seed)
+    model = WorldModel(tiny_config(**kw))
+    model.set_action_stats([0.1, -0.2], [0.5, 2.0])
+    model.set_probes([ProbeSpec('ee_position', 3, mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.1)),
+                      ProbeSpec('block_yaw', 1, angle=True)])
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------ API
+def test_encode_accepts_uint8_hwc_and_float_chw_alike():
+    model = tiny_model()
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    z_u8 = model.encode(torch.from_numpy(img))
+    z_f = model.encode(torch.from_numpy(img).permute(0, 3, 1, 2).float() / 255.0)
+    assert z_u8.shape == (3, 8)
+    torch.testing.assert_close(z_u8, z_f, rtol=0, atol=1e-6)
+    # numpy input and other sizes are accepted (resized inside the model)
+    assert model.encode(rng.integers(0, 256, size=(2, 40, 24, 3), dtype=np.uint8)).shape == (2, 8)
+
+
+@pytest.mark.parametrize('bad, match', [
+    (torch.zeros(16, 16, 3, dtype=torch.uint8), '4-D'),
+    (torch.zeros(1, 16, 16, 4, dtype=torch.uint8), 'RGB'),
+    (torch.zeros(1, 16, 16, 3), r'\(B, 3, H, W\)'),
+    (torch.zeros(1, 3, 16, 16, dtype=torch.int32), 'uint8 or float'),
+])
+def test_encode_rejects_bad_images(bad, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_model().encode(bad)
+
+
+def test_one_image_encodes_the_same_alone_and_in_a_batch():
+    """GroupNorm, not BatchNorm: a frame's latent must not depend on its batch."""
+    model = tiny_model()
+    img = torch.randint(0, 256, (5, 16, 16, 3), dtype=torch.uint8)
+    torch.testing.assert_close(model.encode(img)[2:3], model.encode(img[2:3]), rtol=0,
+                               atol=1e-6)
+
+
+def test_rollout_equals_repeated_predict_and_broadcasts():
+    torch.manual_seed(1)
+    model = tiny_model(predictor=PredictorConfig(history=3, action_history=2, hidden=16,
+                                                 layers=2))
+    z_hist = torch.randn(4, 3, 8)
+    actions = torch.randn(4, 5, 2)
+    past = torch.randn(4, 1, 2)
+    out = model.rollout(z_hist, actions, past_actions=past)
+    assert out.shape == (4, 5, 8)
+    # the same by hand, one predict() per step
+    zs = z_hist.clone()
+    a_all = torch.cat([past, actions], dim=1)
+    for h in range(5):
+        z_next = model.predict(zs[:, -3:], a_all[:, h:h + 2])
+        torch.testing.assert_close(out[:, h], z_next, rtol=0, atol=1e-6)
+        zs = torch.cat([zs, z_next[:, None]], dim=1)
+    # one belief, many plans: a batch of 1 broadcasts over the actions' batch
+    many = model.rollout(z_hist[:1], actions, past_actions=past[:1])
+    torch.testing.assert_close(many[0], out[0], rtol=0, atol=1e-6)
+    assert many.shape == (4, 5, 8)
+    # a shorter history is padded with its oldest latent
+    short = model.rollout(z_hist[:, -1:], actions[:, :2])
+    padded = model.rollout(z_hist[:, -1:].expand(-1, 3, -1), actions[:, :2])
+    torch.testing.assert_close(short, padded, rtol=0, atol=0)
+    with pytest.raises(ValueError, match='actions must be'):
+        model.rollout(z_hist, torch.randn(4, 5, 3))
+    with pytest.raises(ValueError, match='z_hist must be'):
+        model.rollout(torch.randn(4, 8), actions)
+
+
+def test_actions_are_normalised_inside_the_model():
+    model = tiny_model()
+    z = torch.randn(2, 2, 8)
+    a = torch.randn(2, 3, 2)
+    out1 = model.rollout(z, a)
+    model.set_action_stats([0.0, 0.0], [1.0, 1.0])
+    out2 = model.rollout(z, (a - torch.tensor([0.1, -0.2])) / torch.tensor([0.5, 2.0]))
+    torch.testing.assert_close(out1, out2, rtol=0, atol=1e-5)
+
+
+def test_vit_encoder_gives_tokens_and_latents_and_trains():
+    torch.manual_seed(0)
+    model = WorldModel(tiny_config(encoder='vit', vit=ViTConfig(patch_size=4, dim=16, depth=2,
+                                                                heads=2)))
+    img = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
+    assert model.encode_tokens(img).shape == (3, 16, 16)      # 4x4 patches of width 16
+    z = model.encode(img)
+    assert z.shape == (3, 8)
+    z.square().mean().backward()
+    assert model.encoder.patch.weight.grad is not None
+    assert WorldModel(tiny_config()).encode_tokens(img).shape == (3, 16, 8)  # CNN: 4x4 map, 8 ch
+
+
+def test_probe_outputs_physical_units_and_angles_wrap():
+    model = tiny_model()
+    out = model.probe(torch.randn(5, 8))
+    assert set(out) == {'ee_position', 'block_yaw'}
+    assert out['ee_position'].shape == (5, 3) and out['block_yaw'].shape == (5, 1)
+    assert bool((out['block_yaw'].abs() <= math.pi).all())
+    head = model.probes['block_yaw']
+    y = torch.tensor([[3.1], [-3.1], [0.5]])
+    torch.testing.assert_close(angle_error(torch.atan2(*head.encode_target(y).chunk(2, -1)[::-1]),
+                                           y), torch.zeros(3, 1), atol=1e-6, rtol=0)
+    assert float(angle_error(torch.tensor(3.1), torch.tensor(-3.1))) == pytest.approx(
+        2 * math.pi - 6.2, abs=1e-5)
+    ee = model.probes['ee_position']
+    y = torch.tensor([[0.3, -0.1, 0.35]])
+    torch.testing.assert_close(ee.encode_target(y) * ee.std + ee.mean, y)
+
+
+# ------------------------------------------------------------------------------------ losses
+def test_sigreg_small_for_gaussian_large_for_collapse_and_scale():
+    g = torch.Generator().manual_seed(0)
+    gauss = torch.randn(1024, 16, generator=g)
+    stat_gauss = float(sigreg(gauss, generator=torch.Generator().manual_seed(1)))
+    collapsed = gauss[:, :1].expand(-1, 16) * 0.01
+    stat_collapsed = float(sigreg(collapsed, generator=torch.Generator().manual_seed(1)))
+    stat_scaled = float(sigreg(gauss * 3, generator=torch.Generator().manual_seed(1)))
+    stat_shift = float(sigreg(gauss + 2, generator=torch.Generator().manual_seed(1)))
+    assert stat_gauss < 0.05 * stat_collapsed
+    assert stat_gauss < 0.1 * stat_scaled and stat_gauss < 0.1 * stat_shift
+
+
+def test_sigreg_gradient_spreads_collapsed_latents():
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(512, 1, generator=g) @ torch.randn(1, 8, generator=g)
+         + 0.01 * torch.randn(512, 8, generator=g)).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=0.05)
+    before = effective_rank(z)
+    for step in range(150):
+        loss = sigreg(z, 64, generator=torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert before < 1.5
+    assert effective_rank(z) > 6.5
+
+
+def test_vicreg_terms():
+    g = torch.Generator().manual_seed(0)
+    white = torch.randn(4096, 8, generator=g) * 1.5
+    assert float(vicreg(white)) < 0.02
+    small = white * 0.1
+    assert float(vicreg(small, 1.0, 0.0)) == pytest.approx(1 - 0.15, abs=0.02)
+    corr = torch.randn(4096, 1, generator=g).expand(-1, 8) * 2.0
+    assert float(vicreg(corr, 0.0, 1.0)) > 10.0
+
+
+def test_effective_rank_and_variance():
+    g = torch.Generator().manual_seed(0)
+    iso = torch.randn(20000, 10, generator=g)
+    assert effective_rank(iso) == pytest.approx(10, abs=0.1)
+    line = torch.randn(500, 1, generator=g) * torch.arange(1, 11).float()
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-6)
+    assert effective_rank(torch.ones(50, 4)) == 0.0
+    assert latent_variance(iso) == pytest.approx(10, rel=0.03)
+
+
+# ------------------------------------------------------------------------------------ config
+def test_config_errors_name_the_field_and_file(tmp_path):
+    with pytest.raises(ConfigError, match=r'train\.batch_sze: unknown field.*did you mean '
+                                          r'train\.batch_size'):
+        from_dict(RunConfig, {'train': {'batch_sze': 4}})
+    with pytest.raises(ConfigError, match=r'train\.batch_size must be an integer'):
+        from_dict(RunConfig, {'train': {'batch_size': 'big'}})
+    with pytest.raises(ConfigError, match=r'train\.lr must be in'):
+        from_dict(RunConfig, {'train': {'lr': 5.0}})
+    with pytest.raises(ConfigError, match=r"loss\.regularizer must be 'sigreg' or 'vicreg'"):
+        from_dict(RunConfig, {'loss': {'regularizer': 'barlow'}})
+    with pytest.raises(ConfigError, match=r'model\.image_size .*divisible'):
+        from_dict(RunConfig, {'model': {'image_size': 40}})
+    with pytest.raises(ConfigError, match=r'predictor\.action_history'):
+        from_dict(RunConfig, {'model': {'predictor': {'history': 2, 'action_history': 3}}})
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('model:\n  latent_dims: 3\n')
+    with pytest.raises(ConfigError, match=rf'{bad}: model\.latent_dims: unknown field'):
+        load_run_config(bad)
+    bad.write_text('- a list\n')
+    with pytest.raises(ConfigError, match=f'{bad}: top level must be a mapping'):
+        load_run_config(bad)
+    with pytest.raises(ConfigError, match='config file not found'):
+        load_run_config(tmp_path / 'missing.yaml')
+
+
+@pytest.mark.parametrize('name', ['train_arm_reach.yaml', 'train_pusht.yaml'])
+def test_shipped_training_configs_load(name):
+    cfg = load_run_config(REPO / 'config' / name)
+    assert cfg.model.encoder in ('cnn', 'vit')
+    assert cfg.loss.horizon >= 5
+
+
+# ------------------------------------------------------------------------------------ golden
+def golden_inputs() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(12345)
+    return {'images': rng.integers(0, 256, size=(4, 16, 16, 3), dtype=np.uint8),
+            'actions': rng.normal(size=(4, 6, 2)).astype(np.float32)}
+
+
+def golden_outputs(model: WorldModel) -> dict[str, np.ndarray]:
+    inp = golden_inputs()
+    with torch.no_grad():
+        z = model.encode(torch.from_numpy(inp['images']))
+        z_hist = torch.stack([z, z.roll(1, dims=0)], dim=1)                 # (4, 2, 8)
+        roll = model.rollout(z_hist, torch.from_numpy(inp['actions']))
+        probes = model.probe(roll)
+    return {'latents': z.numpy(), 'rollout': roll.numpy(),
+            'probe_ee_position': probes['ee_position'].numpy(),
+            'probe_block_yaw': probes['block_yaw'].numpy()}
+
+
+def regenerate_golden() -> None:
+    model = tiny_model(seed=0)
+    save_checkpoint(model, GOLDEN / 'tiny_model', training={'note': 'golden test model'})
+    np.savez(GOLDEN / 'tiny_outputs.npz', **golden_outputs(load_checkpoint(GOLDEN / 'tiny_model')))
+    print(f'wrote {GOLDEN}/tiny_model and tiny_outputs.npz')
+
+
+def test_golden_outputs():
+    """Stored tiny model + fixed inputs give the stored outputs.
+
+    Catches silent changes of the computation or of the checkpoint format. Regenerate: see the
+    module docstring.
+    """
+    model = load_checkpoint(GOLDEN / 'tiny_model')
+    expected = np.load(GOLDEN / 'tiny_outputs.npz')
+    got = golden_outputs(model)
+    assert set(got) == set(expected.files)
+    for key, value in got.items():
+        np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+if __name__ == '__main__':
+    if '--regenerate-golden' in sys.argv:
+        regenerate_golden()
+    else:
+        print(__doc__)
