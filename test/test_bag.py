@@ -26,8 +26,10 @@ DT_NS = 100_000_000
 
 
 class DotScene(Scene):
-    """A point (x, y) in [-1, 1]^2 driven by a rate-limited position servo, seen from above as a
-    red 3x3 dot on black with the goal as a green pixel."""
+    """A point (x, y) in [-1, 1]^2 driven by a rate-limited position servo.
+
+    Seen from above as a red 3x3 dot on black with the goal as a green pixel.
+    """
 
     name = 'dot'
     joint_names = ('x_joint', 'y_joint')
@@ -303,9 +305,12 @@ def _trajectory(names, pos):
 
 
 def test_alignment_async_rates_and_trajectory_commands(tmp_path):
-    """Camera 10 Hz, joint states 100 Hz offset by 3 ms, JTC commands at odd times with the
+    """Align streams at different rates, with trajectory commands.
+
+    Camera 10 Hz, joint states 100 Hz offset by 3 ms, JTC commands at odd times with the
     joints in another order: joint = latest at/before (else nearest) within the tolerance,
-    action = the command in force, the joints before the first command."""
+    action = the command in force, the joints before the first command.
+    """
     t0 = SIM_EPOCH_NS
     names = ['a', 'b']
     img_t = [t0 + 100_000_000 * (k - 1) for k in range(7)]  # the first one precedes all joints

@@ -13,12 +13,14 @@ import sys
 # command name -> (module, one-line help)
 COMMANDS = {
     'demo': ('ami_ros.cli.demo', 'sim + stack reaching goals: success, loop rate, latency, PNG'),
-    'collect': ('ami_ros.cli.collect', 'drive the simulator with an exploration policy, record rosbag2'),
+    'collect': ('ami_ros.cli.collect',
+                'drive the simulator with an exploration policy, record rosbag2'),
     'train': ('ami_ros.cli.train', 'train the world model and its probes from bags'),
     'eval-model': ('ami_ros.cli.eval_model', 'evaluate a world model on held-out bags'),
     'export': ('ami_ros.cli.export', 'export a world model to ONNX / TensorRT engines'),
     'bench': ('ami_ros.cli.bench', 'time encoder, planning and the core loop on every backend'),
-    'eval-plan': ('ami_ros.cli.eval_plan', 'closed-loop latent MPC vs random vs oracle in the simulator'),
+    'eval-plan': ('ami_ros.cli.eval_plan',
+                  'closed-loop latent MPC vs random vs oracle in the simulator'),
     'eval-surprise': ('ami_ros.cli.eval_surprise', 'surprise score on injected anomalies (AUROC)'),
     'bringup': ('ami_ros.cli.bringup', 'run the nodes (and the sim) in one process'),
 }

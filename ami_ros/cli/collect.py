@@ -13,6 +13,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,8 +65,11 @@ class CollectConfig:
         return self.out / f'{self.scene}_{self.seed}_{episode:04d}'
 
     def episode_start_ns(self, episode: int) -> int:
-        """Sim time of an episode's first frame: episodes start on whole hours after the epoch,
-        far enough apart that their time ranges never overlap."""
+        """Sim time of an episode's first frame.
+
+        Episodes start on whole hours after the epoch, far enough apart that their time ranges
+        never overlap.
+        """
         hours = math.ceil((self.steps / self.control_hz + 1.0) / 3600.0)
         return SIM_EPOCH_NS + episode * hours * 3600 * 10**9
 
@@ -88,9 +92,11 @@ def add_parser(parser) -> None:
 
 
 def record_episode(scene, writer: BagWriter, steps: int, start_ns: int,
-                   rng: np.random.Generator) -> None:
-    """Run the scene's explorer for ``steps`` control steps from a reset scene, logging into
-    ``writer``; a generator that yields the step index after each step (for progress)."""
+                   rng: np.random.Generator) -> Iterator[int]:
+    """Run the scene's explorer for ``steps`` control steps from a reset scene.
+
+    Logs into ``writer``; a generator that yields the step index after each step (for progress).
+    """
     explorer = scene.make_explorer(rng)
     dt_ns = round(scene.control_dt * 1e9)
     for k in range(steps):
@@ -105,8 +111,10 @@ def record_episode(scene, writer: BagWriter, steps: int, start_ns: int,
 
 
 def collect(cfg: CollectConfig, progress: bool = True) -> dict:
-    """Record ``cfg.episodes`` bags; returns the summary. Raises FileExistsError before
-    writing anything if one of the bag directories exists."""
+    """Record ``cfg.episodes`` bags; returns the summary.
+
+    Raises FileExistsError before writing anything if one of the bag directories exists.
+    """
     existing = [str(cfg.bag_dir(i)) for i in range(cfg.episodes) if cfg.bag_dir(i).exists()]
     if existing:
         more = f' and {len(existing) - 3} more' if len(existing) > 3 else ''

@@ -252,8 +252,11 @@ class BagWriter:
 
 @dataclass
 class BagTopics:
-    """Which topics :func:`read_bag` reads (defaults: what :class:`BagWriter` and a
-    ros2_control robot with a forward or joint-trajectory controller publish)."""
+    """Which topics :func:`read_bag` reads.
+
+    The defaults are what :class:`BagWriter` and a ros2_control robot with a forward or
+    joint-trajectory controller publish.
+    """
 
     image: str = '/camera/image_raw'
     """``sensor_msgs/Image``: one sample per message."""
@@ -293,8 +296,11 @@ class _Raw:
 
 
 def default_cache_dir() -> Path:
-    """``$AMI_ROS_CACHE/episodes``, else ``$XDG_CACHE_HOME/ami_ros/episodes``, else
-    ``~/.cache/ami_ros/episodes``."""
+    """Where decoded episodes are cached.
+
+    ``$AMI_ROS_CACHE/episodes``, else ``$XDG_CACHE_HOME/ami_ros/episodes``, else
+    ``~/.cache/ami_ros/episodes``.
+    """
     root = os.environ.get('AMI_ROS_CACHE')
     if not root:
         root = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'),
@@ -303,8 +309,10 @@ def default_cache_dir() -> Path:
 
 
 def is_bag(path) -> bool:
-    """Whether ``path`` looks like a rosbag2 bag: a directory with metadata.yaml, or a .mcap /
-    .db3 storage file."""
+    """Whether ``path`` looks like a rosbag2 bag.
+
+    That is a directory with metadata.yaml, or a .mcap / .db3 storage file.
+    """
     p = Path(path)
     return (p.is_dir() and (p / 'metadata.yaml').is_file()) or \
         (p.is_file() and p.suffix in ('.mcap', '.db3'))
@@ -321,8 +329,11 @@ def find_bags(root) -> list[Path]:
 
 
 def _storage_path(path: Path) -> Path:
-    """The path to hand to rosbags: the bag directory, or its single storage file when the
-    directory lacks metadata.yaml (``ros2 bag`` can play such a bare .mcap too)."""
+    """The path to hand to rosbags.
+
+    That is the bag directory, or its single storage file when the directory lacks
+    metadata.yaml (``ros2 bag`` can play such a bare .mcap too).
+    """
     if not path.exists():
         raise BagError(f'{path}: no such file or directory')
     if path.is_dir():

@@ -281,7 +281,7 @@ class ArmReachScene(Scene):
         return spec.compile()
 
     def _check_model_limits(self, model: mujoco.MjModel, path: Path) -> None:
-        """MuJoCo's and yourdfpy's reading of the URDF must agree (same file, two parsers)."""
+        """Check that MuJoCo's and yourdfpy's readings of the URDF agree (one file, two parsers)."""
         for i, name in enumerate(self.joint_names):
             try:
                 rng = model.joint(name).range

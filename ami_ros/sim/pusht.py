@@ -137,9 +137,12 @@ class PushTScene(Scene):
     joint_names = JOINT_NAMES
 
     def __init__(self, config: SceneConfig, *, exact_restore: bool = True):
-        """``exact_restore``: rebuild the pymunk space from the state before every step, so that
+        """Make the Push-T scene.
+
+        ``exact_restore``: rebuild the pymunk space from the state before every step, so that
         the state vector is the whole state (see the module docstring); False steps gym-pusht's
-        space on as gym-pusht does, bit for bit, and restoring is then only close in contact."""
+        space on as gym-pusht does, bit for bit, and restoring is then only close in contact.
+        """
         super().__init__(config)
         self.exact_restore = bool(exact_restore)
         self.lower, self.upper, self.velocity_limit = (
