@@ -60,7 +60,8 @@ def load_data(cfg, progress: bool):
                                        split_episodes)
     size = cfg.model.image_size
     if cfg.data.paths:
-        episodes = load_episodes(cfg.data.paths, image_size=size, progress=progress)
+        episodes = load_episodes(cfg.data.paths, image_size=size, progress=progress,
+                                 **cfg.data.read_options())
         info = {'paths': list(cfg.data.paths), 'episodes': len(episodes)}
     elif cfg.data.generate is not None:
         episodes = episodes_from_scene(cfg.data.generate, progress=progress)
@@ -69,7 +70,8 @@ def load_data(cfg, progress: bool):
         raise DataError('no training data: give --data DIR (bags from `ami-ros collect`) or set '
                         'data.paths / data.generate in the config')
     if cfg.data.val_paths:
-        val = load_episodes(cfg.data.val_paths, image_size=size, progress=progress)
+        val = load_episodes(cfg.data.val_paths, image_size=size, progress=progress,
+                            **cfg.data.read_options())
         info['val_paths'] = list(cfg.data.val_paths)
         return episodes, val, info
     train, val = split_episodes(episodes, cfg.train.val_fraction, cfg.train.seed)

@@ -368,10 +368,31 @@ class DataConfig:
     out."""
     generate: GenerateConfig | None = None
     """Generate episodes from a scene instead (used when ``paths`` is empty)."""
+    image_topic: str = '/camera/image_raw'
+    """Camera topic in the bags (``sensor_msgs/Image``, any common encoding)."""
+    joint_states_topic: str = '/joint_states'
+    """Joint state topic in the bags (``sensor_msgs/JointState``)."""
+    command_topics: tuple[str, ...] = ('/forward_position_controller/commands',
+                                       '/joint_trajectory_controller/joint_trajectory')
+    """Command topics, first present wins (``Float64MultiArray`` or ``JointTrajectory``)."""
+    frame_skip: int = 1
+    """Use every n-th camera frame (e.g. 3 for a 30 Hz camera and a 10 Hz model)."""
 
     def __post_init__(self):
         self.paths = tuple(str(p) for p in self.paths)
         self.val_paths = tuple(str(p) for p in self.val_paths)
+        self.command_topics = tuple(str(t) for t in self.command_topics)
+        _check(int(self.frame_skip) >= 1, 'data.frame_skip', self.frame_skip, 'must be >= 1')
+        for name in ('image_topic', 'joint_states_topic'):
+            _check(str(getattr(self, name)).startswith('/'), f'data.{name}', getattr(self, name),
+                   'must be an absolute topic name like /camera/image_raw')
+
+    def read_options(self) -> dict:
+        """Keyword arguments of :func:`ami_ros.train.dataset.load_episodes` for these bags."""
+        from ami_ros.data.bag import BagTopics
+        topics = BagTopics(image=self.image_topic, joint_states=self.joint_states_topic,
+                           commands=self.command_topics)
+        return {'topics': topics, 'frame_skip': int(self.frame_skip)}
 
 
 @dataclass

@@ -26,7 +26,8 @@ class DataError(ValueError):
 # --------------------------------------------------------------------------------------------
 # sources
 # --------------------------------------------------------------------------------------------
-def load_episodes(paths, image_size: int | None = None, progress: bool = False) -> list[Episode]:
+def load_episodes(paths, image_size: int | None = None, progress: bool = False,
+                  topics=None, frame_skip: int = 1) -> list[Episode]:
     """Read every bag under ``paths`` (bags or directories of bags) into Episodes.
 
     Raises DataError naming the path when a path does not exist or holds no bags.
@@ -50,7 +51,7 @@ def load_episodes(paths, image_size: int | None = None, progress: bool = False) 
                             f'`ami-ros collect --out {p}`)')
         bags += found
     try:
-        episodes = read_bags(bags, image_size=image_size, progress=progress)
+        episodes = read_bags(bags, topics, frame_skip, image_size=image_size, progress=progress)
     except BagError as exc:
         raise DataError(str(exc)) from None
     return episodes
