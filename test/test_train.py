@@ -305,3 +305,17 @@ def test_cli_train_from_generated_episodes(tmp_path):
     model = load_checkpoint(tmp_path / 'run')
     assert model.training_info['data']['generate']['scene'] == 'dot'
     assert model.training_info['train_episodes'] + model.training_info['val_episodes'] == 3
+
+
+def test_random_shift_moves_whole_windows_alike():
+    from ami_ros.train.trainer import random_shift
+    gen = torch.Generator().manual_seed(0)
+    frame = torch.zeros(16, 16, 3, dtype=torch.uint8)
+    frame[6:10, 6:10] = 255                                  # a bright square in the middle
+    images = frame.expand(8, 3, 16, 16, 3).clone()           # (B=8 windows, L=3 frames)
+    out = random_shift(images, 2, gen)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    # every frame of a window is shifted the same way, windows differ, content is preserved
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
+    assert len({bytes(w[0].numpy()) for w in out}) > 1
+    assert all(int((w[0] == 255).all(-1).sum()) == 16 for w in out)

@@ -269,6 +269,9 @@ class TrainConfig:
     """AdamW weight decay."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 = off)."""
+    augment_shift: int = 0
+    """Random image shift of up to this many pixels (edge padding), the same for every frame of
+    a training window (DrQ-style); fights the encoder memorising episodes (0 = off)."""
     seed: int = 0
     """Seed of initialisation, window sampling, the train/val split and SIGReg projections."""
     device: str = 'auto'

@@ -195,6 +195,19 @@ def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> 
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each window of images (B, L, H, W, C) uint8 by up to ``pad`` pixels, edge-padded.
+
+    All frames of a window move alike, so motion between them is left as it was.
+    """
+    b, length, h, w, c = images.shape
+    x = images.permute(0, 1, 4, 2, 3).reshape(b, length * c, h, w).float()
+    x = F.pad(x, (pad, pad, pad, pad), mode='replicate')                 # (B, L*C, H+2p, W+2p)
+    off = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
+    out = torch.stack([x[i, :, oy:oy + h, ox:ox + w] for i, (oy, ox) in enumerate(off.tolist())])
+    return out.reshape(b, length, c, h, w).permute(0, 1, 3, 4, 2).to(images.dtype)
+
+
 def _step_seed(seed: int, step: int, salt: int) -> int:
     return (seed * 1_000_003 + step * 7919 + salt) % (2 ** 63 - 1)
 
@@ -379,6 +392,8 @@ class Trainer:
                                 generator=gen)
             idx = idx[info.rank * tc.batch_size:(info.rank + 1) * tc.batch_size]
             images, actions, joints = (x.to(info.device) for x in self.train_data.batch(idx))
+            if tc.augment_shift > 0:
+                images = random_shift(images, tc.augment_shift, gen)
             target = None
             if self.ema is not None:
                 with torch.no_grad():
