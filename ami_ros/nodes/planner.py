@@ -12,7 +12,8 @@ command on the interface named by ``output``: ``joint_trajectory`` (JointTraject
 ``joint_trajectory_controller/joint_trajectory``, the first ``trajectory_points`` plan steps
 ``1/rate_hz`` apart), ``forward_position`` (Float64MultiArray to
 ``forward_position_controller/commands``) or ``twist`` (Twist to ``cmd_vel``), and the predicted
-path of the probed end effector on ``ami/plan_markers`` (a LINE_STRIP).
+path of the probed end effector on ``ami/plan_markers`` (a LINE_STRIP stamped with the newest
+camera frame the plan's belief holds, sent right after its command).
 
 Safety (:mod:`ami_ros.safety`), always on, between the plan and every message:
 
@@ -66,6 +67,11 @@ class PlannerNodeConfig(ModelNodeConfig):
     """Command interface: joint_trajectory, forward_position or twist. Applied on configure."""
     rate_hz: float = 10.0
     """Replanning and control rate (one command per period)."""
+    replan_on: str = 'timer'
+    """When to plan: timer (every 1/rate_hz of the node clock) or frame (as soon as a belief
+    corrected by a new camera frame arrives, at most twice per period; the timer steps in only
+    when no frame came for 1.5 periods). frame saves up to a period of camera -> command
+    latency."""
     planner: str = 'cem'
     """Sampling planner: cem or mppi."""
     horizon: int = 8
@@ -175,7 +181,7 @@ class PlannerNode(ModelNode):
             'velocity_scale': (0.01, 1.0), 'position_margin': (0.0, 10.0),
             'stale_timeout': (0.01, 60.0), 'workspace_tolerance': (1e-4, 10.0),
             'workspace_min_z': (-100.0, 100.0)},
-            choices={'output': OUTPUTS, 'planner': ('cem', 'mppi'),
+            choices={'output': OUTPUTS, 'planner': ('cem', 'mppi'), 'replan_on': ('timer', 'frame'),
                      'metric': ('l1', 'l2', 'euclidean', 'cosine'), 'crop': ('center', 'none')},
             read_only=('rate_hz',), **kwargs)
         self.rates = {k: RateMeter() for k in ('belief', 'frame', 'command')}
@@ -211,10 +217,13 @@ class PlannerNode(ModelNode):
                 torch.zeros(1, self.model.latent_dim, device=self.model.device)).items()}
         self._hist: list[torch.Tensor] = []  # the latest belief latents (D,), oldest first
         self._belief_stamp = 0.0
+        self._frame_stamp = None  # stamp of the newest camera frame fused into the belief
         self._goal_setter, self._goal_position = None, None
         self._measured = None
         self._last_command = None  # (A,) the last command published
         self._hold_target = None
+        self._last_control = -np.inf  # node-clock time of the last control tick
+        self._last_sent = -np.inf     # ... and of the last command sent
         self.enabled = config.start_enabled
         inputs = ('frame', 'belief') + (('joint_states',) if self._position else ())
         self.watchdog = Watchdog(config.stale_timeout, inputs, clock=self.now)
@@ -231,7 +240,7 @@ class PlannerNode(ModelNode):
         self.subscription(PoseStamped, 'ami/goal_pose', self._on_goal_pose)
         self.service(SetBool, 'ami/enable', self._on_enable)
         self.service(Trigger, '~/clear_goal', self._on_clear_goal)
-        self.timer(self._dt, self._tick)
+        self.timer(self._dt, self._on_timer)
 
     def _mpc_config(self, c: PlannerNodeConfig) -> MPCConfig:
         planning = PlannerConfig(
@@ -300,7 +309,12 @@ class PlannerNode(ModelNode):
         else:
             self._hist = [z_t]
         self._belief_stamp = stamp
+        if msg.header.frame_id:  # fused from a camera frame (predict-only beliefs have none)
+            self._frame_stamp = msg.header.stamp
         self.mpc.set_belief(self._hist, stamp)
+        if (msg.header.frame_id and self.params.config.replan_on == 'frame'
+                and self.now() - self._last_control >= 0.5 * self._dt):
+            self._tick()
 
     def _on_joint_states(self, msg: JointState) -> None:
         try:
@@ -390,10 +404,18 @@ class PlannerNode(ModelNode):
 
     # -- the control tick -----------------------------------------------------------------------
 
+    def _on_timer(self) -> None:
+        # replan_on=frame: frames drive the loop, the timer steps in when they stop coming
+        if self.params.config.replan_on == 'frame' and \
+                self.now() - self._last_control < 1.5 * self._dt:
+            return
+        self._tick()
+
     def _tick(self) -> None:
         if not self.active or self.goal == 'none':
             self.state, self.hold_reason = 'idle', ''
             return
+        self._last_control = self.now()
         t0 = time.perf_counter()
         check = self.watchdog.check()
         if not self.enabled:
@@ -422,8 +444,12 @@ class PlannerNode(ModelNode):
         seq[0] = target
         previous = self._last_command if self._last_command is not None else (
             self.limits.hold(q) if self._position else np.zeros(self.limits.size))
+        # timed trajectory points are dt apart whenever they are sent; a bare position or
+        # velocity target sent sooner than dt after the last one may move only that much less
+        dt = self._dt if self.params.config.output == 'joint_trajectory' else \
+            min(self._dt, max(self.now() - self._last_sent, 0.0))
         try:
-            safe, clamped = self.limits.clamp_sequence(seq, previous, self._dt)
+            safe, clamped = self.limits.clamp_sequence(seq, previous, dt)
         except UnsafeCommand as e:
             self.counts['unsafe_blocked'] += 1
             self.record_error('unsafe', f'plan not sent: {e}')
@@ -476,6 +502,7 @@ class PlannerNode(ModelNode):
                 part, axis = name.split('.')
                 setattr(getattr(msg, part), axis, float(v))
         self._cmd_pub.publish(msg)
+        self._last_sent = self.now()
         self._last_command = seq[0].copy()
         self.mpc.set_command(seq[0])
         self.counts['commands'] += 1
@@ -491,7 +518,9 @@ class PlannerNode(ModelNode):
             path = self.model.probe(result.predicted)[probe].detach().cpu().double().numpy()
         line = Marker(ns='ami_plan', id=0, type=Marker.LINE_STRIP, action=Marker.ADD)
         line.header.frame_id = cfg.world_frame_id
-        line.header.stamp = self.get_clock().now().to_msg()
+        # the plan is as of the newest camera frame in its belief: observers measure
+        # camera -> command latency from this stamp (ami-ros demo)
+        line.header.stamp = self._frame_stamp or self.get_clock().now().to_msg()
         line.scale.x = 0.01
         line.color.r, line.color.g, line.color.b, line.color.a = 0.1, 0.8, 1.0, 1.0
         line.pose.orientation.w = 1.0

@@ -1,0 +1,238 @@
+"""``ami-ros eval-plan``: closed-loop planning in the core simulator, no ROS.
+
+Runs the latent MPC (``world_model``), a ``random`` baseline and an ``oracle`` (the same planner
+with the simulator as its model) on the same held-out goals, given as goal images; protocol and
+success criteria: :mod:`ami_ros.evaluation.plan_eval`. Prints a table, or with ``--json`` one JSON
+object on stdout (progress on stderr), and writes PNGs (success vs step and vs planning budget,
+a filmstrip of the first episode with its goal image) under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--checkpoint', required=True,
+                        help='checkpoint directory, training output dir, or shipped model name')
+    parser.add_argument('--scene', choices=('arm_reach', 'pusht'), default='arm_reach',
+                        help='built-in scene')
+    parser.add_argument('--episodes', type=int, default=20, help='episodes (goals) per method')
+    parser.add_argument('--planner', choices=('cem', 'mppi'), default=None,
+                        help='planner (default: the plan config\'s)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of starts and goals')
+    parser.add_argument('--config', type=Path, default=None,
+                        help='plan YAML (default: config/plan_<scene>.yaml)')
+    parser.add_argument('--budget', type=int, nargs='+', default=None,
+                        help='planning budgets to sweep for the success-vs-budget plot, as '
+                             'samples per iteration (default: only the config\'s)')
+    parser.add_argument('--steps', type=int, default=None,
+                        help='control steps per episode (default: eval.steps of the config)')
+    parser.add_argument('--methods', nargs='+', default=['world_model', 'random', 'oracle'],
+                        choices=['world_model', 'random', 'oracle'], help='methods to run')
+    parser.add_argument('--oracle-episodes', type=int, default=None,
+                        help='run the (slow) oracle on only the first N episodes')
+    add_model_arguments(parser)
+    parser.add_argument('--out', type=Path, default=None,
+                        help='directory for the PNGs (default runs/eval-plan/<scene>)')
+    parser.add_argument('--json', action='store_true',
+                        help='print one JSON object on stdout instead of a table')
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--backend', choices=('torch', 'onnxruntime', 'tensorrt'),
+                        default='torch', help='inference backend serving the world model')
+    parser.add_argument('--threads', type=int, default=2, help='CPU threads (torch, ONNX Runtime)')
+    parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'auto'")
+
+
+def load_model(args, horizon: int, batch: int):
+    """(model, image size, checkpoint path) for ``--backend``.
+
+    torch: the WorldModel itself; others: an inference backend with the same duck type, built
+    for the planner's horizon and batch.
+    """
+    import torch
+
+    from ami_ros.model.checkpoint import load_checkpoint, resolve_checkpoint
+    from ami_ros.train.trainer import resolve_device
+
+    torch.set_num_threads(args.threads)
+    if args.backend == 'torch':
+        model = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+        return model, model.config.image_size, str(model.checkpoint_path)
+    from ami_ros.inference import BackendConfig, make_backend
+
+    config = BackendConfig(device=args.device, num_threads=args.threads, horizon=horizon,
+                           planning_batch=batch)
+    backend = make_backend(args.backend, args.checkpoint, config)
+    return backend, backend.image_size, str(resolve_checkpoint(args.checkpoint))
+
+
+def _clean(obj):
+    """NaN/inf -> None, numpy scalars -> Python: strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, 'item') and callable(obj.item):
+        return _clean(obj.item())
+    return obj
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(args) -> int:
+    from ami_ros.control import LatentMPC, load_mpc_config
+    from ami_ros.evaluation import plan_eval as pe
+    from ami_ros.evaluation.plots import plot_filmstrip, plot_success
+    from ami_ros.model.checkpoint import CheckpointError, read_checkpoint_config, \
+        resolve_checkpoint
+    from ami_ros.paths import config_path
+    from ami_ros.sim import SceneConfig, make_scene
+
+    try:
+        if args.episodes < 1 or args.threads < 1:
+            raise ValueError(f'--episodes and --threads must be >= 1, got {args.episodes} and '
+                             f'{args.threads}')
+        if args.budget and min(args.budget) < 2:
+            raise ValueError(f'--budget values must be >= 2 samples, got {args.budget}')
+        cfg_file = args.config or config_path(f'plan_{args.scene}.yaml')
+        action_dim = read_checkpoint_config(resolve_checkpoint(args.checkpoint))[0].action_dim
+        mpc, eval_block = load_mpc_config(cfg_file, action_dim)
+        model, image_size, ckpt_path = load_model(
+            args, mpc.planning.horizon, max([mpc.planning.n_samples, *(args.budget or [])]))
+        scene = make_scene(args.scene, SceneConfig(image_size=image_size, seed=args.seed))
+        if scene.num_joints != model.action_dim:
+            raise ValueError(f'scene {args.scene} has {scene.num_joints} joints, the model '
+                             f'{model.action_dim} action dimensions')
+        mpc = mpc.with_limits(scene.lower, scene.upper, scene.velocity_limit, scene.control_dt)
+        if args.planner:
+            mpc = dataclasses.replace(mpc, planner=args.planner)
+        overrides = {'steps': args.steps, 'oracle_episodes': args.oracle_episodes}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        ecfg = pe.PlanEvalConfig(**{**eval_block, **overrides})
+    except TypeError as exc:  # unknown eval key
+        print(f'ami-ros eval-plan: error: eval block: {exc}', file=sys.stderr)
+        return 2
+    except (CheckpointError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f'ami-ros eval-plan: error: {exc}', file=sys.stderr)
+        return 2
+
+    policies = {}
+    if 'world_model' in args.methods:
+        policies['world_model'] = pe.ModelPolicy(LatentMPC(model, mpc))
+    if 'random' in args.methods:
+        policies['random'] = pe.RandomPolicy(mpc.planning, seed=args.seed)
+    if 'oracle' in args.methods:
+        policies['oracle'] = pe.OraclePolicy(scene, mpc, ecfg)
+    _log(f'eval-plan: {ckpt_path} ({args.backend}) on {args.scene}, {args.episodes} episodes x '
+         f'{ecfg.steps} steps, methods {list(policies)}')
+    results, goals = pe.evaluate(scene, policies, args.episodes, args.seed, ecfg, log=_log)
+    methods = {name: pe.summarize(r) for name, r in results.items()}
+
+    p = mpc.planning
+    budgets = []
+    if 'world_model' in methods:
+        budgets.append(_budget_row(p.n_samples, p.iterations, methods['world_model']))
+    for n in sorted(set(args.budget or [])):
+        if 'world_model' not in policies or n == p.n_samples:
+            continue
+        planning = dataclasses.replace(p, n_samples=n, n_elites=max(2, min(p.n_elites, n // 10)))
+        agent = LatentMPC(model, dataclasses.replace(mpc, planning=planning))
+        _log(f'eval-plan: planning budget {n} samples x {p.iterations} iterations')
+        r, _ = pe.evaluate(scene, {'world_model': pe.ModelPolicy(agent)}, args.episodes,
+                           args.seed, dataclasses.replace(ecfg, oracle_episodes=0), log=_log,
+                           record_episode=-1)
+        budgets.append(_budget_row(n, p.iterations, pe.summarize(r['world_model'])))
+    budgets.sort(key=lambda b: b['rollouts_per_plan'])
+
+    out = args.out or Path('runs') / 'eval-plan' / args.scene
+    plots = [str(plot_success(methods, budgets, out / 'success.png',
+                              f'{args.scene}: {args.episodes} goals, {ecfg.steps} steps'))]
+    first = next(iter(results.values()))
+    if first and first[0].frames:
+        name = next(iter(results))
+        plots.append(str(plot_filmstrip(
+            goals[0].image, first[0].frames, out / 'filmstrip.png',
+            f'{args.scene} episode 1, {name}: {"success" if first[0].success else "failure"}, '
+            f'final error {first[0].final_error:.3g}')))
+    if 'oracle' in policies:
+        policies['oracle'].close()
+    scene.close()
+
+    report = {
+        'checkpoint': ckpt_path, 'backend': args.backend, 'scene': args.scene,
+        'methods': methods, 'budgets': budgets, 'plots': plots,
+        'config': {'episodes': args.episodes, 'seed': args.seed, 'plan_config': str(cfg_file),
+                   'threads': args.threads, 'eval': dataclasses.asdict(ecfg),
+                   'planner': mpc.planner, 'planning': dataclasses.asdict(mpc.planning),
+                   'cost': {'metric': mpc.metric, 'terminal_weight': mpc.terminal_weight,
+                            'running_weight': mpc.running_weight},
+                   'belief_gain': mpc.belief.gain,
+                   'success': ('final end-effector distance <= eval.tolerance' if
+                               args.scene == 'arm_reach' else 'final coverage > '
+                               'eval.coverage_threshold AND DINO-WM pose criterion')},
+    }
+    if args.json:
+        json.dump(_clean(report), sys.stdout)
+        sys.stdout.write('\n')
+    else:
+        _print_table(report)
+    return 0
+
+
+def _budget_row(n_samples: int, iterations: int, summary: dict) -> dict:
+    return {'n_samples': int(n_samples), 'iterations': int(iterations),
+            'rollouts_per_plan': int(n_samples) * int(iterations),
+            'success_rate': summary['success_rate'], 'plan_ms_p50': summary['plan_ms_p50'],
+            'plan_ms_p99': summary['plan_ms_p99']}
+
+
+def _fmt(v, spec: str = '.3f') -> str:
+    return '-' if v is None else format(v, spec)
+
+
+def _print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    unit = 'm' if report['scene'] == 'arm_reach' else 'units'
+    table = Table(title=f"eval-plan {report['scene']}: {report['checkpoint']}")
+    for col in ('method', 'episodes', 'success', 'reached', f'final error ({unit})',
+                'steps to reach', 'plan ms p50', 'plan ms p99'):
+        table.add_column(col, justify='right')
+    for name, m in report['methods'].items():
+        table.add_row(name, str(m.get('episodes', 0)), _fmt(m.get('success_rate'), '.2f'),
+                      _fmt(m.get('reached_rate'), '.2f'), _fmt(m.get('final_error'), '.4f'),
+                      _fmt(m.get('steps_mean'), '.1f'), _fmt(m.get('plan_ms_p50'), '.1f'),
+                      _fmt(m.get('plan_ms_p99'), '.1f'))
+    console = Console(width=None if sys.stdout.isatty() else 140)  # no wrapping in logs
+    console.print(table)
+    if len(report['budgets']) > 1:
+        bt = Table(title='world_model success vs planning budget')
+        for col in ('samples x iterations', 'success', 'plan ms p50'):
+            bt.add_column(col, justify='right')
+        for b in report['budgets']:
+            bt.add_row(f"{b['n_samples']} x {b['iterations']}", _fmt(b['success_rate'], '.2f'),
+                       _fmt(b['plan_ms_p50'], '.1f'))
+        console.print(bt)
+    console.print(f"plots: {', '.join(report['plots'])}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog='ami-ros eval-plan', description=__doc__)
+    add_parser(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == '__main__':
+    sys.exit(main())

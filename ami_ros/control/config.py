@@ -1,0 +1,159 @@
+"""Configuration of the latent-space MPC agent (no ROS import), and its YAML file.
+
+``config/plan_<scene>.yaml`` has the blocks ``planner`` (name), ``planning`` (fields of
+:class:`~ami_ros.planning.PlannerConfig`), ``cost``, ``belief``
+(:class:`~ami_ros.estimation.BeliefConfig`), ``surprise``
+(:class:`~ami_ros.estimation.SurpriseConfig`), ``agent`` and ``eval`` (read by ``ami-ros
+eval-plan``). Action bounds and the rate limit usually come from the robot (URDF limits,
+velocity limits x control period) through :meth:`MPCConfig.with_limits`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from ami_ros.estimation import BeliefConfig, SurpriseConfig
+from ami_ros.planning import PLANNERS, PlannerConfig
+from ami_ros.planning.cost import METRICS
+
+
+@dataclass
+class MPCConfig:
+    """Settings of :class:`ami_ros.control.LatentMPC`."""
+
+    planning: PlannerConfig
+    """Sampling planner settings; ``action_dim`` must equal the model's."""
+    planner: str = 'cem'
+    """Planner by name: 'cem' or 'mppi'."""
+    metric: str = 'l2'
+    """Distance of predicted latents to the goal latent: l1, l2, euclidean or cosine."""
+    terminal_weight: float = 1.0
+    """Weight of the last predicted step's distance to the goal."""
+    running_weight: float = 0.1
+    """Weight of every earlier step's distance (> 0 prefers getting there sooner)."""
+    smoothness_weight: float = 0.0
+    """Weight of the summed squared change between consecutive actions (the first from the
+    command in force), in action units squared: damps chatter near the goal (0 = off)."""
+    probe_weight: float = 1.0
+    """Weight of the pose-goal cost (euclidean distance of the probed quantity, its units)
+    added to the image-goal cost when both goals are set."""
+    belief: BeliefConfig = field(default_factory=BeliefConfig)
+    """Belief filter: gain, control period dt, latency handling, reset threshold."""
+    surprise: SurpriseConfig = field(default_factory=SurpriseConfig)
+    """Surprise monitor of the belief filter's innovations."""
+    max_belief_age: Optional[float] = 0.5
+    """act() holds position when the belief is older than this (seconds; perception
+    stalled); None = no check."""
+    speed_fraction: float = 1.0
+    """Rate limit derived by ``with_limits``: max_delta = speed_fraction x velocity limit x dt
+    (1.0 = the fastest steps the training data's explorer made)."""
+
+    def __post_init__(self):
+        if not isinstance(self.planning, PlannerConfig):
+            raise ValueError(f'planning must be a PlannerConfig, got '
+                             f'{type(self.planning).__name__}')
+        if str(self.planner).strip().lower() not in PLANNERS:
+            raise ValueError(f'planner must be one of {sorted(PLANNERS)}, got {self.planner!r}')
+        if self.metric not in METRICS:
+            raise ValueError(f'metric must be one of {list(METRICS)}, got {self.metric!r}')
+        for name in ('terminal_weight', 'running_weight', 'probe_weight', 'smoothness_weight'):
+            if not 0.0 <= float(getattr(self, name)) < math.inf:
+                raise ValueError(f'{name} must be a finite number >= 0, got {getattr(self, name)}')
+        if float(self.terminal_weight) + float(self.running_weight) <= 0.0:
+            raise ValueError('terminal_weight and running_weight are both 0: no cost')
+        if not isinstance(self.belief, BeliefConfig):
+            raise ValueError(f'belief must be a BeliefConfig, got {type(self.belief).__name__}')
+        if not isinstance(self.surprise, SurpriseConfig):
+            raise ValueError(f'surprise must be a SurpriseConfig, got '
+                             f'{type(self.surprise).__name__}')
+        if not 0.0 < float(self.speed_fraction) <= 10.0:
+            raise ValueError(f'speed_fraction must be in (0, 10], got {self.speed_fraction}')
+        if self.max_belief_age is not None and not float(self.max_belief_age) > 0.0:
+            raise ValueError(f'max_belief_age must be > 0 seconds or None, '
+                             f'got {self.max_belief_age}')
+
+    def with_limits(self, lower, upper, velocity_limit=None,
+                    dt: Optional[float] = None) -> 'MPCConfig':
+        """A copy with the robot's action bounds and rate limit.
+
+        Bounds are [lower, upper] (A,); given the joint velocity limits and the control period
+        dt, the rate limit is ``max_delta = speed_fraction * velocity * dt`` (belief.dt is set to
+        dt too).
+        """
+        lower = [float(v) for v in lower]
+        upper = [float(v) for v in upper]
+        planning = dict(lower=tuple(lower), upper=tuple(upper))
+        belief = self.belief
+        if velocity_limit is not None:
+            if dt is None or not float(dt) > 0.0:
+                raise ValueError(f'a rate limit from velocity limits needs dt > 0, got {dt}')
+            planning['max_delta'] = tuple(float(self.speed_fraction) * float(v) * float(dt)
+                                          for v in velocity_limit)
+        if dt is not None:
+            belief = dataclasses.replace(belief, dt=float(dt))
+        return dataclasses.replace(self, planning=dataclasses.replace(self.planning, **planning),
+                                   belief=belief)
+
+
+_BLOCKS = ('planner', 'planning', 'cost', 'belief', 'surprise', 'agent', 'eval')
+_COST_KEYS = ('metric', 'terminal_weight', 'running_weight', 'probe_weight',
+              'smoothness_weight')
+_AGENT_KEYS = ('max_belief_age', 'speed_fraction')
+
+
+def _build(cls, data, where: str):
+    """cls(**data) with unknown keys and bad values reported under ``where``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f'{where}: expected a mapping, got {type(data).__name__}')
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f'{where}: unknown keys {unknown}; known: {sorted(names)}')
+    try:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f'{where}: {exc}') from None
+
+
+def load_mpc_config(path, action_dim: int) -> tuple[MPCConfig, dict]:
+    """(MPCConfig, the raw ``eval`` block) from a plan YAML; errors name the file and block."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f'{path}: cannot read plan config: {exc}') from None
+    if not isinstance(data, dict):
+        raise ValueError(f'{path}: expected a mapping with blocks {list(_BLOCKS)}')
+    unknown = sorted(set(data) - set(_BLOCKS))
+    if unknown:
+        raise ValueError(f'{path}: unknown blocks {unknown}; known: {list(_BLOCKS)}')
+    planning = dict(data.get('planning') or {})
+    if 'action_dim' in planning and int(planning['action_dim']) != int(action_dim):
+        raise ValueError(f'{path}: planning.action_dim={planning["action_dim"]} but the model '
+                         f'has {action_dim} action dimensions')
+    planning['action_dim'] = int(action_dim)
+    top = {}
+    for block, keys in (('cost', _COST_KEYS), ('agent', _AGENT_KEYS)):
+        values = data.get(block) or {}
+        if not isinstance(values, dict) or set(values) - set(keys):
+            raise ValueError(f'{path}: block {block!r} takes only {list(keys)}, got {values!r}')
+        top.update(values)
+    planner = data.get('planner', 'cem')
+    try:
+        config = MPCConfig(
+            planning=_build(PlannerConfig, planning, f'{path}: planning'), planner=planner,
+            belief=_build(BeliefConfig, data.get('belief'), f'{path}: belief'),
+            surprise=_build(SurpriseConfig, data.get('surprise'), f'{path}: surprise'), **top)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f'{path}: {exc}') from None
+    evaluation = data.get('eval') or {}
+    if not isinstance(evaluation, dict):
+        raise ValueError(f'{path}: block eval must be a mapping')
+    return config, evaluation

@@ -1,0 +1,1 @@
+"""Closed-loop evaluations in the core simulator (no ROS import): planning and surprise."""

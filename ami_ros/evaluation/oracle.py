@@ -1,0 +1,62 @@
+"""The simulator as the planner's model: the upper bound of what the planner can do.
+
+:class:`TrueDynamics` rolls every candidate action sequence out in a private copy of the scene
+(``set_state`` from the live state, then ``set_target`` + ``step`` per action), and returns the
+ground-truth features of every step; the cost is the distance of those features to the goal
+state's. Each candidate costs H real simulator steps, so the oracle gets a smaller planning
+budget than the world model (see ``eval.oracle`` in ``config/plan_<scene>.yaml``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ami_ros.sim import Scene, SceneConfig, make_scene
+
+PUSHT_ANGLE_SCALE = 20.0 / (np.pi / 9.0)
+"""Env units per radian of the block angle in the Push-T features: DINO-WM's success region is
+20 units of position and pi/9 of angle, so both count alike."""
+
+
+def state_features(scene: Scene) -> np.ndarray:
+    """Ground-truth features whose Euclidean distance the oracle minimises.
+
+    arm_reach: end-effector position (3,), metres. pusht: pusher and block positions in env
+    units and the block angle as (cos, sin) x PUSHT_ANGLE_SCALE (6,).
+    """
+    if scene.name == 'arm_reach':
+        return scene.ground_truth()['ee_position'].astype(np.float64)
+    if scene.name == 'pusht':
+        state = scene.get_state()
+        angle = state[6]
+        return np.array([state[0], state[1], state[4], state[5],
+                         PUSHT_ANGLE_SCALE * np.cos(angle), PUSHT_ANGLE_SCALE * np.sin(angle)])
+    raise ValueError(f'oracle: no ground-truth features for scene {scene.name!r}')
+
+
+class TrueDynamics:
+    """``dynamics(state, actions)`` for the planners, backed by a private copy of the scene."""
+
+    def __init__(self, name: str, config: SceneConfig):
+        self.scene = make_scene(name, config)
+        self.steps = 0  # simulator steps taken, for the report
+
+    def __call__(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """state: (S,) a ``get_state()`` vector; actions (N, H, A) -> features (N, H, F)."""
+        s = self.scene
+        start = state.detach().cpu().double().numpy()
+        acts = actions.detach().cpu().double().numpy()  # (N, H, A)
+        out = []
+        for seq in acts:  # (H, A)
+            s.set_state(start)
+            feats = []
+            for a in seq:
+                s.set_target(np.clip(a, s.lower, s.upper))  # float rounding at the bounds
+                s.step()
+                feats.append(state_features(s))
+            out.append(feats)
+        self.steps += acts.shape[0] * acts.shape[1]
+        return torch.as_tensor(np.asarray(out), dtype=actions.dtype)  # (N, H, F)
+
+    def close(self) -> None:
+        self.scene.close()

@@ -1,0 +1,298 @@
+"""Closed-loop planning evaluation in the core simulator (no ROS): world model vs random vs oracle.
+
+Protocol (DINO-WM's): from each episode's start state, run the scene's exploration policy for
+``goal_steps`` steps; the state reached is the goal, shown to the agent only as an image (for
+arm_reach the goal marker is moved onto the end effector there and stays there for the episode).
+The start state is restored and each method gets ``steps`` control steps.
+
+Success, judged at the END of the step budget (the agent must get there and stay):
+
+- arm_reach: end effector within ``tolerance`` (0.05 m) of the goal end-effector position.
+- pusht: BOTH gym-pusht's criterion, coverage of the goal state's T by the block above 0.95,
+  AND DINO-WM's (``env/pusht/pusht_wrapper.py: eval_state``): the distance of (pusher x, y,
+  block x, y) to the goal's below 20 units and the block angle error below pi/9.
+
+Methods, each from the same start and goal: ``world_model`` (LatentMPC on the learned model),
+``random`` (uniform steps within the rate limit, clipped to the bounds) and ``oracle`` (the same
+planner on the simulator itself, cost = distance of true state features to the goal's; smaller
+budget, see :mod:`ami_ros.evaluation.oracle`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ami_ros.control import LatentMPC, MPCConfig
+from ami_ros.evaluation.oracle import TrueDynamics, state_features
+from ami_ros.planning import PlannerConfig, latent_goal_cost, make_planner
+from ami_ros.sim import Scene
+
+METHODS = ('world_model', 'random', 'oracle')
+
+
+@dataclass
+class PlanEvalConfig:
+    """What ``ami-ros eval-plan`` runs (the ``eval`` block of ``config/plan_<scene>.yaml``)."""
+
+    steps: int = 50
+    """Control steps per episode (the step budget)."""
+    goal_steps: int = 25
+    """Exploration steps from the start state to the goal state (DINO-WM: 25)."""
+    tolerance: float = 0.05
+    """arm_reach: success radius around the goal end-effector position, metres."""
+    position_threshold: float = 20.0
+    """pusht (DINO-WM): largest distance of (pusher, block) positions to the goal's, env units."""
+    angle_threshold: float = math.pi / 9
+    """pusht (DINO-WM): largest block angle error, radians."""
+    coverage_threshold: float = 0.95
+    """pusht (gym-pusht): least coverage of the goal T by the block."""
+    oracle_samples: int = 24
+    """Oracle planner: candidates per iteration (each costs horizon real simulator steps)."""
+    oracle_iterations: int = 2
+    """Oracle planner: iterations per plan."""
+    oracle_horizon: int = 5
+    """Oracle planner: horizon (steps)."""
+    oracle_episodes: Optional[int] = None
+    """Run the oracle on only the first N episodes (it is slow); None = all."""
+
+    def __post_init__(self):
+        for name in ('steps', 'goal_steps', 'oracle_samples', 'oracle_iterations',
+                     'oracle_horizon'):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f'eval.{name} must be >= 1, got {getattr(self, name)}')
+        if int(self.oracle_samples) < 2:
+            raise ValueError(f'eval.oracle_samples must be >= 2, got {self.oracle_samples}')
+        for name in ('tolerance', 'position_threshold', 'angle_threshold'):
+            if not 0.0 < float(getattr(self, name)) < math.inf:
+                raise ValueError(f'eval.{name} must be > 0, got {getattr(self, name)}')
+        if not 0.0 < float(self.coverage_threshold) <= 1.0:
+            raise ValueError(f'eval.coverage_threshold must be in (0, 1], '
+                             f'got {self.coverage_threshold}')
+        if self.oracle_episodes is not None and int(self.oracle_episodes) < 0:
+            raise ValueError(f'eval.oracle_episodes must be >= 0, got {self.oracle_episodes}')
+
+
+@dataclass
+class Goal:
+    image: np.ndarray      # (H, W, 3) uint8
+    state: np.ndarray      # get_state() at the goal
+    features: np.ndarray   # state_features() at the goal
+    ee_position: Optional[np.ndarray] = None  # arm_reach: where the goal marker goes
+
+
+# ---------------------------------------------------------------------------------- success ---
+def pusht_coverage(scene: Scene, goal_state: np.ndarray) -> float:
+    """Fraction of the goal state's T covered by the block now (gym-pusht's coverage)."""
+    from gym_pusht.envs.pusht import pymunk_to_shapely
+
+    env = scene._env  # gym-pusht computes coverage against env.goal_pose: point it at our goal
+    goal_body = env.get_goal_pose_body(np.array([goal_state[4], goal_state[5], goal_state[6]]))
+    goal_geom = pymunk_to_shapely(goal_body, env.block.shapes)
+    block_geom = pymunk_to_shapely(env.block, env.block.shapes)
+    return float(goal_geom.intersection(block_geom).area / goal_geom.area)
+
+
+def judge(scene: Scene, goal: Goal, cfg: PlanEvalConfig) -> tuple[bool, float, dict]:
+    """(success now, error now, details); error in metres (arm) or env units (pusht)."""
+    if scene.name == 'arm_reach':
+        err = float(np.linalg.norm(scene.ground_truth()['ee_position'] - goal.ee_position))
+        return err <= float(cfg.tolerance), err, {}
+    s, g = scene.get_state(), goal.state
+    pos = float(np.linalg.norm(s[[0, 1, 4, 5]] - g[[0, 1, 4, 5]]))
+    ang = float(abs((s[6] - g[6] + np.pi) % (2 * np.pi) - np.pi))
+    cov = pusht_coverage(scene, g)
+    pose_ok = pos < float(cfg.position_threshold) and ang < float(cfg.angle_threshold)
+    cov_ok = cov > float(cfg.coverage_threshold)
+    return pose_ok and cov_ok, pos, {'angle_error': ang, 'coverage': cov,
+                                     'pose_success': pose_ok, 'coverage_success': cov_ok}
+
+
+def make_goal(scene: Scene, rng: np.random.Generator, cfg: PlanEvalConfig,
+              tries: int = 10) -> tuple[np.ndarray, Goal]:
+    """(start state, goal) per the module's protocol; the scene is left at the start state.
+
+    Explorations that end where the start already counts as success are drawn again (up to
+    ``tries``), so no goal is reached by doing nothing.
+    """
+    start = scene.get_state()
+    for _ in range(tries):
+        scene.set_state(start)
+        explore = scene.make_explorer(rng)
+        for _ in range(int(cfg.goal_steps)):
+            scene.set_target(explore())
+            scene.step()
+        ee = None
+        if scene.name == 'arm_reach':
+            ee = scene.ground_truth()['ee_position']
+            scene.set_goal(ee)
+        goal = Goal(scene.render(), scene.get_state(), state_features(scene), ee)
+        reset_to(scene, start, goal)
+        if not judge(scene, goal, cfg)[0]:
+            break
+    return scene.get_state(), goal
+
+
+def reset_to(scene: Scene, state: np.ndarray, goal: Goal) -> None:
+    scene.set_state(state)
+    if goal.ee_position is not None:
+        scene.set_goal(goal.ee_position)  # the marker shows the goal during the episode
+
+
+# ---------------------------------------------------------------------------------- methods ---
+class ModelPolicy:
+    """The LatentMPC agent, given the goal as an image only."""
+
+    def __init__(self, agent: LatentMPC):
+        self.agent = agent
+
+    def begin(self, goal: Goal) -> None:
+        self.agent.reset()
+        self.agent.set_goal_image(goal.image)
+
+    def __call__(self, image, q, stamp, executed) -> tuple[np.ndarray, float]:
+        self.agent.observe(image, stamp, executed)
+        target, info = self.agent.act(q, stamp)
+        return target, info['plan_ms']
+
+
+class RandomPolicy:
+    """Uniform random steps within the rate limit from the command in force, within bounds."""
+
+    def __init__(self, planning: PlannerConfig, seed: int):
+        self.lower, self.upper = (np.array(planning.vector(n)) for n in ('lower', 'upper'))
+        delta = planning.vector('max_delta')
+        self.delta = np.array(delta) if delta is not None else (self.upper - self.lower)
+        self.rng = np.random.default_rng(seed)
+
+    def begin(self, goal: Goal) -> None:
+        pass
+
+    def __call__(self, image, q, stamp, executed) -> tuple[np.ndarray, float]:
+        step = self.rng.uniform(-self.delta, self.delta)
+        return np.clip(executed + step, self.lower, self.upper), 0.0
+
+
+class OraclePolicy:
+    """The same planner with the simulator as its dynamics (see module docstring)."""
+
+    def __init__(self, scene: Scene, mpc: MPCConfig, cfg: PlanEvalConfig):
+        self.scene = scene
+        self.config = mpc
+        planning = dataclasses.replace(
+            mpc.planning, n_samples=int(cfg.oracle_samples), iterations=int(cfg.oracle_iterations),
+            horizon=int(cfg.oracle_horizon),
+            n_elites=max(2, min(int(mpc.planning.n_elites), int(cfg.oracle_samples) // 4)))
+        self.planner = make_planner(mpc.planner, planning)
+        self.dynamics = TrueDynamics(scene.name, scene.config)
+        self.cost = None
+
+    def begin(self, goal: Goal) -> None:
+        self.planner.reset()
+        self.cost = latent_goal_cost(torch.as_tensor(goal.features), 'euclidean',
+                                     self.config.terminal_weight, self.config.running_weight)
+
+    def __call__(self, image, q, stamp, executed) -> tuple[np.ndarray, float]:
+        import time
+        t0 = time.perf_counter()
+        hold = np.clip(q, self.scene.lower, self.scene.upper)
+        result = self.planner.plan(torch.as_tensor(self.scene.get_state()), self.dynamics,
+                                   self.cost, current_action=torch.as_tensor(executed),
+                                   hold_action=torch.as_tensor(hold))
+        return result.actions[0].numpy().astype(np.float64), 1e3 * (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self.dynamics.close()
+
+
+# ---------------------------------------------------------------------------------- running ---
+@dataclass
+class EpisodeResult:
+    success: bool
+    final_error: float
+    initial_error: float                # the same error at the start state
+    first_success_step: Optional[int]   # 1-based control step the criterion first held
+    success_curve: list                 # success after each step (bool)
+    plan_ms: list
+    details: dict
+    frames: Optional[list] = None       # rendered frames, when recorded
+
+
+def run_episode(scene: Scene, policy, goal: Goal, cfg: PlanEvalConfig,
+                record: bool = False) -> EpisodeResult:
+    """Run ``policy`` for cfg.steps control steps from the scene's current state."""
+    policy.begin(goal)
+    curve, plan_ms, frames, first = [], [], [], None
+    initial = judge(scene, goal, cfg)[1]
+    dt = scene.control_dt
+    for t in range(int(cfg.steps)):
+        image = scene.render()
+        if record:
+            frames.append(image)
+        target, ms = policy(image, scene.joint_positions, t * dt, scene.target)
+        scene.set_target(np.clip(target, scene.lower, scene.upper))  # float32 rounding
+        scene.step()
+        plan_ms.append(ms)
+        ok = judge(scene, goal, cfg)[0]
+        curve.append(ok)
+        if ok and first is None:
+            first = t + 1
+    if record:
+        frames.append(scene.render())
+    ok, err, details = judge(scene, goal, cfg)
+    return EpisodeResult(ok, err, initial, first, curve, plan_ms, details,
+                         frames if record else None)
+
+
+def summarize(results: list[EpisodeResult]) -> dict:
+    """Per-method numbers: success_rate, final_error (mean), steps_mean, plan_ms_p50/p99, ..."""
+    if not results:
+        return {'episodes': 0}
+    ms = np.concatenate([np.asarray(r.plan_ms, dtype=np.float64) for r in results])
+    firsts = [r.first_success_step for r in results if r.first_success_step is not None]
+    errors = np.array([r.final_error for r in results])
+    out = {
+        'episodes': len(results),
+        'success_rate': float(np.mean([r.success for r in results])),
+        'final_error': float(errors.mean()),
+        'final_error_median': float(np.median(errors)),
+        'initial_error': float(np.mean([r.initial_error for r in results])),
+        'reached_rate': len(firsts) / len(results),
+        'steps_mean': float(np.mean(firsts)) if firsts else None,
+        'plan_ms_p50': float(np.percentile(ms, 50)),
+        'plan_ms_p99': float(np.percentile(ms, 99)),
+        'success_vs_step': np.mean([r.success_curve for r in results], axis=0).tolist(),
+    }
+    for key in ('pose_success', 'coverage_success'):
+        if key in results[0].details:
+            out[f'{key}_rate'] = float(np.mean([r.details[key] for r in results]))
+    return out
+
+
+def evaluate(scene: Scene, policies: dict[str, object], episodes: int, seed: int,
+             cfg: PlanEvalConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+             record_episode: int = 0) -> tuple[dict[str, list[EpisodeResult]], list[Goal]]:
+    """Run every policy on the same episodes; returns results per method and the goals."""
+    rng = np.random.default_rng(seed)
+    results: dict[str, list[EpisodeResult]] = {name: [] for name in policies}
+    goals = []
+    for ep in range(int(episodes)):
+        scene.reset(seed=int(seed) * 100_003 + ep)
+        start, goal = make_goal(scene, rng, cfg)
+        goals.append(goal)
+        line = []
+        for name, policy in policies.items():
+            if name == 'oracle' and cfg.oracle_episodes is not None and \
+                    ep >= int(cfg.oracle_episodes):
+                continue
+            reset_to(scene, start, goal)
+            r = run_episode(scene, policy, goal, cfg, record=(ep == record_episode))
+            results[name].append(r)
+            line.append(f'{name} {"ok" if r.success else "--"} {r.final_error:.3g}')
+        log(f'episode {ep + 1}/{episodes}: ' + ', '.join(line))
+    return results, goals

@@ -1,0 +1,114 @@
+"""eval-plan / eval-surprise smoke runs with tiny models and tiny budgets; AUROC; no ROS."""
+import itertools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ami_ros.evaluation.surprise_eval import auroc
+
+os.environ.setdefault('MUJOCO_GL', 'egl')
+torch.set_num_threads(1)
+GOLDEN = Path(__file__).parent / 'golden' / 'tiny_model'
+
+
+def brute_auroc(normal, anomalous):
+    pairs = list(itertools.product(normal, anomalous))
+    return sum(1.0 if a > n else 0.5 if a == n else 0.0 for n, a in pairs) / len(pairs)
+
+
+def test_auroc_known_values():
+    assert auroc([0, 1, 2], [3, 4]) == 1.0
+    assert auroc([3, 4], [0, 1, 2]) == 0.0
+    assert auroc([1, 1, 1], [1, 1]) == 0.5
+    assert auroc([0, 2], [1]) == 0.5
+    assert np.isnan(auroc([], [1.0]))
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # with many ties
+        n, a = rng.integers(0, 6, 40), rng.integers(2, 8, 25)
+        assert auroc(n, a) == pytest.approx(brute_auroc(n, a), abs=1e-12)
+    with pytest.raises(ValueError, match='finite'):
+        auroc([np.nan], [1.0])
+
+
+def run_cli(argv, capsys):
+    from ami_ros.cli import main
+
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_eval_plan_smoke_pusht_json(tmp_path, capsys):
+    rc, out, err = run_cli(['eval-plan', '--checkpoint', str(GOLDEN), '--scene', 'pusht',
+                            '--episodes', '1', '--steps', '3', '--threads', '1', '--json',
+                            '--budget', '16', '--out', str(tmp_path)], capsys)
+    assert rc == 0, err
+    report = json.loads(out)  # exactly one JSON object on stdout
+    assert set(report['methods']) == {'world_model', 'random', 'oracle'}
+    for m in report['methods'].values():
+        for key in ('success_rate', 'final_error', 'steps_mean', 'plan_ms_p50', 'plan_ms_p99'):
+            assert key in m
+        assert 0.0 <= m['success_rate'] <= 1.0 and m['final_error'] >= 0.0
+        assert len(m['success_vs_step']) == 3
+    assert report['methods']['world_model']['plan_ms_p50'] > 0.0
+    default = report['config']['planning']['n_samples']
+    assert [b['n_samples'] for b in report['budgets']] == sorted([16, default])
+    assert report['config']['episodes'] == 1 and 'eval' in report['config']
+    for plot in report['plots']:
+        assert Path(plot).is_file() and Path(plot).stat().st_size > 1000
+    assert 'episode 1/1' in err
+
+
+def tiny_arm_checkpoint(directory: Path) -> Path:
+    """An untrained 4-joint model with an ee_position probe (shapes only matter here)."""
+    from ami_ros.model import ModelConfig, WorldModel, save_checkpoint
+    from ami_ros.model.config import CNNConfig, PredictorConfig, ProbeSpec
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=16, latent_dim=8, action_dim=4, cnn=CNNConfig(channels=(4, 8)),
+                      predictor=PredictorConfig(history=2, hidden=16, layers=1), probe_hidden=8,
+                      probes=(ProbeSpec('ee_position', 3),))
+    return save_checkpoint(WorldModel(cfg), directory / 'tiny_arm')
+
+
+def test_eval_plan_smoke_arm_reach_table(tmp_path, capsys):
+    ckpt = tiny_arm_checkpoint(tmp_path)
+    rc, out, err = run_cli(['eval-plan', '--checkpoint', str(ckpt), '--scene', 'arm_reach',
+                            '--episodes', '1', '--steps', '2', '--threads', '1', '--methods',
+                            'world_model', 'random', '--out', str(tmp_path / 'plots')], capsys)
+    assert rc == 0, err
+    assert 'world_model' in out and 'random' in out and 'success' in out
+    assert (tmp_path / 'plots' / 'filmstrip.png').is_file()
+
+
+def test_eval_plan_bad_input_is_a_clear_error(tmp_path, capsys):
+    rc, _, err = run_cli(['eval-plan', '--checkpoint', str(tmp_path / 'missing'), '--episodes',
+                          '1'], capsys)
+    assert rc == 2 and 'missing' in err and 'Traceback' not in err
+    # a 2-action model on the 4-joint arm
+    rc, _, err = run_cli(['eval-plan', '--checkpoint', str(GOLDEN), '--scene', 'arm_reach',
+                          '--episodes', '1'], capsys)
+    assert rc == 2 and 'action' in err
+    bad = tmp_path / 'plan.yaml'
+    bad.write_text('eval:\n  stepz: 3\n')
+    rc, _, err = run_cli(['eval-plan', '--checkpoint', str(GOLDEN), '--scene', 'pusht',
+                          '--config', str(bad), '--episodes', '1'], capsys)
+    assert rc == 2 and 'stepz' in err
+
+
+def test_eval_surprise_smoke_json(tmp_path, capsys):
+    ckpt = tiny_arm_checkpoint(tmp_path)
+    rc, out, err = run_cli(['eval-surprise', '--checkpoint', str(ckpt), '--scene', 'arm_reach',
+                            '--episodes', '3', '--steps', '25', '--threads', '1', '--json',
+                            '--out', str(tmp_path / 'plots')], capsys)
+    assert rc == 0, err
+    report = json.loads(out)
+    assert set(report['types']) == {'teleport', 'blocked_joint', 'occlusion'}
+    for v in report['types'].values():
+        assert {'auroc', 'auroc_onset', 'events', 'detection_rate'} <= set(v)
+    assert report['normal_frames'] > 0 and report['threshold'] > 0
+    assert Path(report['plots'][0]).is_file()
