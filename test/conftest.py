@@ -220,3 +220,31 @@ def wait_for(ros_executor, ros_node, ros_process):
             ros_executor.spin_once(timeout_sec=min(0.05, remaining))
 
     return _wait_for
+
+
+def train_tiny_arm_model(out: Path) -> Path:
+    """Train a tiny arm_reach world model with ee_position and joint_positions probes (~10 s)."""
+    from ami_ros.model.config import (CNNConfig, GenerateConfig, LossConfig, ModelConfig,
+                                      PredictorConfig, ProbeTrainConfig, RunConfig, TrainConfig)
+    from ami_ros.train.dataset import episodes_from_scene, split_episodes
+    from ami_ros.train.trainer import Trainer
+
+    episodes = episodes_from_scene(GenerateConfig(scene='arm_reach', episodes=6, length=24,
+                                                  image_size=32, seed=0))
+    config = RunConfig(
+        model=ModelConfig(image_size=32, latent_dim=16, cnn=CNNConfig(channels=(8, 16, 16)),
+                          predictor=PredictorConfig(history=2, hidden=64, layers=2),
+                          probe_hidden=32),
+        loss=LossConfig(horizon=3, sigreg_projections=32),
+        train=TrainConfig(max_steps=40, batch_size=16, lr=3e-3, warmup_steps=5, num_threads=1,
+                          val_every=40, val_windows=32, log_every=20, checkpoint_every=40),
+        probe=ProbeTrainConfig(steps=60, targets=('ee_position', 'joint_positions')))
+    train, val = split_episodes(episodes, 0.2, 0)
+    Trainer(config, train, val, out, progress=False).run()
+    return out / 'model'
+
+
+@pytest.fixture(scope='session')
+def tiny_arm_model(tmp_path_factory) -> Path:
+    """One tiny trained arm_reach checkpoint for every test of the session that needs one."""
+    return train_tiny_arm_model(tmp_path_factory.mktemp('tiny_arm'))

@@ -29,33 +29,6 @@ REPO = Path(__file__).resolve().parent.parent
 CLI = 'import sys; from ami_ros.cli import main; sys.exit(main(sys.argv[1:]))'
 
 
-def train_tiny_arm_model(out: Path) -> Path:
-    """A tiny arm_reach world model with an ee_position probe (~10 s), as test_nodes.py's."""
-    from ami_ros.model.config import (CNNConfig, GenerateConfig, LossConfig, ModelConfig,
-                                      PredictorConfig, ProbeTrainConfig, RunConfig, TrainConfig)
-    from ami_ros.train.dataset import episodes_from_scene, split_episodes
-    from ami_ros.train.trainer import Trainer
-
-    episodes = episodes_from_scene(GenerateConfig(scene='arm_reach', episodes=6, length=24,
-                                                  image_size=32, seed=0))
-    config = RunConfig(
-        model=ModelConfig(image_size=32, latent_dim=16, cnn=CNNConfig(channels=(8, 16, 16)),
-                          predictor=PredictorConfig(history=2, hidden=64, layers=2),
-                          probe_hidden=32),
-        loss=LossConfig(horizon=3, sigreg_projections=32),
-        train=TrainConfig(max_steps=40, batch_size=16, lr=3e-3, warmup_steps=5, num_threads=1,
-                          val_every=40, val_windows=32, log_every=20, checkpoint_every=40),
-        probe=ProbeTrainConfig(steps=60, targets=('ee_position', 'joint_positions')))
-    train, val = split_episodes(episodes, 0.2, 0)
-    Trainer(config, train, val, out, progress=False).run()
-    return out / 'model'
-
-
-@pytest.fixture(scope='module')
-def tiny_model(tmp_path_factory) -> Path:
-    return train_tiny_arm_model(tmp_path_factory.mktemp('tiny_arm'))
-
-
 def demo(args: list[str], env: dict, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, '-c', CLI, 'demo', *args], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
@@ -149,12 +122,12 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert '--timeout-per-goal must be > 0' in capsys.readouterr().err
 
 
-def test_demo_runs_records_and_leaves_no_process(ros_env, tiny_model, tmp_path):
+def test_demo_runs_records_and_leaves_no_process(ros_env, tiny_arm_model, tmp_path):
     from rosbags.highlevel import AnyReader
 
     out = tmp_path / 'demo'
     proc = demo(['--goals', '1', '--timeout-per-goal', '3', '--dwell', '0', '--processes', 'one',
-                 '--checkpoint', str(tiny_model), '--out', str(out), '--json',
+                 '--checkpoint', str(tiny_arm_model), '--out', str(out), '--json',
                  '--startup-timeout', '60'], ros_env)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-3000:]
@@ -190,9 +163,9 @@ def test_demo_runs_records_and_leaves_no_process(ros_env, tiny_model, tmp_path):
     assert json.loads((out / 'demo.json').read_text())['goals'] == summary['goals']
 
 
-def test_ctrl_c_stops_every_process_and_keeps_the_bag(ros_env, tiny_model, tmp_path):
+def test_ctrl_c_stops_every_process_and_keeps_the_bag(ros_env, tiny_arm_model, tmp_path):
     out = tmp_path / 'demo'
-    proc = demo(['--goals', '5', '--processes', 'two', '--checkpoint', str(tiny_model),
+    proc = demo(['--goals', '5', '--processes', 'two', '--checkpoint', str(tiny_arm_model),
                  '--out', str(out)], ros_env)
     children = []
     try:

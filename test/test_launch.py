@@ -183,7 +183,8 @@ def test_bringup_arguments_order_files_then_overrides(tmp_path):
 
 
 @pytest.mark.timeout(240)
-def test_stack_and_sim_in_separate_processes(ros_node, ros_process, wait_for, tmp_path):
+def test_stack_and_sim_in_separate_processes(ros_node, ros_process, wait_for, tmp_path,
+                                             tiny_arm_model):
     pytest.importorskip('rclpy', reason='rclpy (ROS 2) is not installed')
     pytest.importorskip('mujoco', reason='the arm_reach scene needs MuJoCo')
     from diagnostic_msgs.msg import DiagnosticArray
@@ -191,9 +192,7 @@ def test_stack_and_sim_in_separate_processes(ros_node, ros_process, wait_for, tm
     from sensor_msgs.msg import JointState
     from trajectory_msgs.msg import JointTrajectory
 
-    from test_nodes import train_tiny_arm_model
-
-    model = train_tiny_arm_model(tmp_path / 'tiny_arm')
+    model = tiny_arm_model
     params = yaml.safe_load((REPO / 'config' / 'ami_ros.yaml').read_text())
     params['/**']['ros__parameters'].update(model=str(model), diagnostics_hz=2.0,
                                             use_sim_time=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,33 +49,6 @@ ARM = Limits.from_urdf(urdf_path('arm_reach'))
 SUCCESS = TransitionCallbackReturn.SUCCESS
 
 
-def train_tiny_arm_model(out: Path) -> Path:
-    """A tiny arm_reach world model with ee_position and joint_positions probes (~10 s)."""
-    from ami_ros.model.config import (CNNConfig, GenerateConfig, LossConfig, ModelConfig,
-                                      PredictorConfig, ProbeTrainConfig, RunConfig, TrainConfig)
-    from ami_ros.train.dataset import episodes_from_scene, split_episodes
-    from ami_ros.train.trainer import Trainer
-
-    episodes = episodes_from_scene(GenerateConfig(scene='arm_reach', episodes=6, length=24,
-                                                  image_size=32, seed=0))
-    config = RunConfig(
-        model=ModelConfig(image_size=32, latent_dim=16, cnn=CNNConfig(channels=(8, 16, 16)),
-                          predictor=PredictorConfig(history=2, hidden=64, layers=2),
-                          probe_hidden=32),
-        loss=LossConfig(horizon=3, sigreg_projections=32),
-        train=TrainConfig(max_steps=40, batch_size=16, lr=3e-3, warmup_steps=5, num_threads=1,
-                          val_every=40, val_windows=32, log_every=20, checkpoint_every=40),
-        probe=ProbeTrainConfig(steps=60, targets=('ee_position', 'joint_positions')))
-    train, val = split_episodes(episodes, 0.2, 0)
-    Trainer(config, train, val, out, progress=False).run()
-    return out / 'model'
-
-
-@pytest.fixture(scope='module')
-def tiny_model(tmp_path_factory) -> Path:
-    return train_tiny_arm_model(tmp_path_factory.mktemp('tiny_arm'))
-
-
 @pytest.fixture(scope='module')
 def arm_view():
     """(frame (64, 64, 3) uint8, joint positions (4,), a reachable goal (3,)) of arm_reach."""
@@ -91,12 +63,13 @@ def arm_view():
 
 
 @pytest.fixture
-def stack(rclpy_context, ros_executor, tiny_model):
+def stack(rclpy_context, ros_executor, tiny_arm_model):
     """``make(NodeClass, **params)``: a node of the stack on the tiny model, started and spun."""
     made = []
 
     def make(cls, **params):
-        values = {'model': str(tiny_model), 'torch_threads': 1, 'diagnostics_hz': 20.0, **params}
+        values = {'model': str(tiny_arm_model), 'torch_threads': 1, 'diagnostics_hz': 20.0,
+                  **params}
         node = cls(context=rclpy_context,
                    parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
         made.append(node)
@@ -203,8 +176,9 @@ def raw_image(fields: tuple, stamp, frame_id: str = 'cam') -> Image:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_image_to_latent_every_encoding_any_size(ros_node, wait_for, stack, tiny_model, arm_view):
-    model = load_checkpoint(tiny_model)
+def test_image_to_latent_every_encoding_any_size(ros_node, wait_for, stack, tiny_arm_model,
+                                                 arm_view):
+    model = load_checkpoint(tiny_arm_model)
     perception = stack(PerceptionNode)
     inbox = Inbox(ros_node)
     latents = inbox.listen(Image, 'ami/latent')
@@ -519,7 +493,7 @@ def test_direct_lifecycle_calls_on_world_model_and_planner(stack):
         assert node.state_label == 'unconfigured'
 
 
-def test_parameters_are_validated(stack, rclpy_context, tiny_model):
+def test_parameters_are_validated(stack, rclpy_context, tiny_arm_model):
     planner = stack(PlannerNode, **FAST)
 
     def set_(**values):
@@ -553,8 +527,8 @@ def test_parameters_are_validated(stack, rclpy_context, tiny_model):
 
 
 def test_world_model_predicts_without_frames_and_fuses_late_ones(ros_node, wait_for, stack,
-                                                                 tiny_model, arm_view):
-    model = load_checkpoint(tiny_model)
+                                                                 tiny_arm_model, arm_view):
+    model = load_checkpoint(tiny_arm_model)
     world = stack(WorldModelNode)
     inbox = Inbox(ros_node)
     beliefs = inbox.listen(Image, 'ami/belief')
