@@ -13,9 +13,10 @@ Success, judged at the END of the step budget (the agent must get there and stay
   block x, y) to the goal's below 20 units and the block angle error below pi/9.
 
 Methods, each from the same start and goal: ``world_model`` (LatentMPC on the learned model),
-``random`` (uniform steps within the rate limit, clipped to the bounds) and ``oracle`` (the same
-planner on the simulator itself, cost = distance of true state features to the goal's; smaller
-budget, see :mod:`ami_ros.evaluation.oracle`).
+``random`` (uniform steps within the rate limit, clipped to the bounds) and ``oracle`` (a
+sampling planner, CEM by default, with the same bounds and rate limit on the simulator itself,
+cost = distance of true state features to the goal's; smaller budget, see
+:mod:`ami_ros.evaluation.oracle`).
 """
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ class PlanEvalConfig:
     """pusht (DINO-WM): largest block angle error, radians."""
     coverage_threshold: float = 0.95
     """pusht (gym-pusht): least coverage of the goal T by the block."""
+    oracle_planner: str = 'cem'
+    """Oracle planner by name; CEM by default: its elite selection does not depend on the cost's
+    units (MPPI's temperature is set in latent-cost units, not metres)."""
     oracle_samples: int = 24
     """Oracle planner: candidates per iteration (each costs horizon real simulator steps)."""
     oracle_iterations: int = 2
@@ -74,6 +78,9 @@ class PlanEvalConfig:
         if not 0.0 < float(self.coverage_threshold) <= 1.0:
             raise ValueError(f'eval.coverage_threshold must be in (0, 1], '
                              f'got {self.coverage_threshold}')
+        if self.oracle_planner not in ('cem', 'mppi'):
+            raise ValueError(f"eval.oracle_planner must be 'cem' or 'mppi', "
+                             f'got {self.oracle_planner!r}')
         if self.oracle_episodes is not None and int(self.oracle_episodes) < 0:
             raise ValueError(f'eval.oracle_episodes must be >= 0, got {self.oracle_episodes}')
 
@@ -188,7 +195,7 @@ class OraclePolicy:
             mpc.planning, n_samples=int(cfg.oracle_samples), iterations=int(cfg.oracle_iterations),
             horizon=int(cfg.oracle_horizon),
             n_elites=max(2, min(int(mpc.planning.n_elites), int(cfg.oracle_samples) // 4)))
-        self.planner = make_planner(mpc.planner, planning)
+        self.planner = make_planner(cfg.oracle_planner, planning)
         self.dynamics = TrueDynamics(scene.name, scene.config)
         self.cost = None
 
