@@ -54,5 +54,10 @@ def main(argv=None) -> int:
         return 130
 
 
+def run_standalone(command: str, argv=None) -> int:
+    """Run one sub-command as typed after ``ami-ros`` (``python -m ami_ros.cli.<module>``)."""
+    return main([command, *(sys.argv[1:] if argv is None else argv)])
+
+
 if __name__ == '__main__':
     sys.exit(main())

@@ -403,9 +403,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='ami-ros bench', description=__doc__)
-    add_parser(parser)
-    return run(parser.parse_args(argv))
+    """Run ``ami-ros bench`` (``python -m ami_ros.cli.bench``)."""
+    from ami_ros.cli import run_standalone
+    return run_standalone('bench', argv)
 
 
 if __name__ == '__main__':

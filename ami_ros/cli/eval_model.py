@@ -86,9 +86,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='ami-ros eval-model', description=__doc__)
-    add_parser(parser)
-    return run(parser.parse_args(argv))
+    """Run ``ami-ros eval-model`` (``python -m ami_ros.cli.eval_model``)."""
+    from ami_ros.cli import run_standalone
+    return run_standalone('eval-model', argv)
 
 
 if __name__ == '__main__':

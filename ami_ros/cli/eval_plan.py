@@ -229,9 +229,9 @@ def _print_table(report: dict) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='ami-ros eval-plan', description=__doc__)
-    add_parser(parser)
-    return run(parser.parse_args(argv))
+    """Run ``ami-ros eval-plan`` (``python -m ami_ros.cli.eval_plan``)."""
+    from ami_ros.cli import run_standalone
+    return run_standalone('eval-plan', argv)
 
 
 if __name__ == '__main__':

@@ -113,9 +113,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='ami-ros eval-surprise', description=__doc__)
-    add_parser(parser)
-    return run(parser.parse_args(argv))
+    """Run ``ami-ros eval-surprise`` (``python -m ami_ros.cli.eval_surprise``)."""
+    from ami_ros.cli import run_standalone
+    return run_standalone('eval-surprise', argv)
 
 
 if __name__ == '__main__':

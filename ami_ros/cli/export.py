@@ -169,9 +169,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='ami-ros export', description=__doc__)
-    add_parser(parser)
-    return run(parser.parse_args(argv))
+    """Run ``ami-ros export`` (``python -m ami_ros.cli.export``)."""
+    from ami_ros.cli import run_standalone
+    return run_standalone('export', argv)
 
 
 if __name__ == '__main__':

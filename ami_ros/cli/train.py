@@ -134,9 +134,8 @@ def _print_summary(summary: dict) -> None:
 
 def main(argv=None) -> int:
     """Entry point for ``torchrun ... ami_ros/cli/train.py`` / ``python -m ami_ros.cli.train``."""
-    parser = argparse.ArgumentParser(prog='ami-ros train', description=__doc__)
-    add_parser(parser)
-    return run(parser.parse_args(argv))
+    from ami_ros.cli import run_standalone
+    return run_standalone('train', argv)
 
 
 if __name__ == '__main__':
