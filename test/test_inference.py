@@ -144,6 +144,41 @@ def test_planner_runs_on_either_backend(backends):
         close(result.predicted, backends[0].rollout(z, result.actions[None])[0])
 
 
+@pytest.mark.parametrize('name', ['cem', 'mppi'])
+def test_plan_step_graph_gives_the_eager_plan(backends, backends_m2, name, caplog):
+    """ONNX Runtime runs each whole planner iteration as one graph; the plan is the eager one.
+
+    With bounds, rate limits from a current action, a hold action and a short belief history
+    (padded like rollout()); also for a model conditioned on 2 past actions.
+    """
+    for (torch_b, ort_b), dim in ((backends, 8), (backends_m2, 8)):
+        gen = torch.Generator().manual_seed(11)
+        goal = torch.randn(dim, generator=gen)
+        z = torch.randn(1, 1, dim, generator=gen)
+        plans = []
+        for backend in (torch_b, ort_b):
+            planner = make_planner(name, PlannerConfig(
+                action_dim=2, horizon=torch_b.horizon, n_samples=48, iterations=3, n_elites=6,
+                lower=-1.0, upper=1.0, max_delta=0.3, temperature=0.5))
+            cost = latent_goal_cost(goal, 'l2')
+            step = backend.plan_step(planner, cost)
+            assert (step is None) == (backend.name == 'torch')
+            plans.append(planner.plan(z, dynamics=backend.rollout, cost=cost, step=step,
+                                      current_action=torch.tensor([0.9, -0.9]),
+                                      hold_action=torch.tensor([0.9, -0.9])))
+        eager, graph = plans
+        assert graph.info['reason'] == 'ok'
+        close(graph.actions, eager.actions)
+        close(graph.predicted, eager.predicted)
+        assert graph.cost == pytest.approx(eager.cost, rel=1e-4, abs=1e-6)
+        # bounds and the rate limit from the current action hold in the graph too
+        assert bool((graph.actions.abs() <= 1.0).all())
+        assert bool(((graph.actions[0] - torch.tensor([0.9, -0.9])).abs() <= 0.3 + 1e-6).all())
+    # other costs (probe goals, sums) keep eager iterations
+    planner = make_planner(name, PlannerConfig(action_dim=2, horizon=4))
+    assert backends[1].plan_step(planner, lambda predicted, actions: predicted.sum((1, 2))) is None
+
+
 # ------------------------------------------------------------------------------------ interface
 def test_description_and_hash(model, backends, tmp_path, cache):
     ckpt = save_checkpoint(model, tmp_path / 'ckpt')

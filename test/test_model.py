@@ -107,6 +107,19 @@ def test_rollout_equals_repeated_predict_and_broadcasts():
         model.rollout(torch.randn(4, 8), actions)
 
 
+def test_predictor_without_layernorm_round_trips(tmp_path):
+    """predictor.norm: false has no LayerNorm weights, and checkpoints keep the choice."""
+    model = tiny_model(predictor=PredictorConfig(history=2, hidden=16, layers=2, norm=False))
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.predictor.modules())
+    with_norm = tiny_model()
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in with_norm.predictor.modules())
+    save_checkpoint(model, tmp_path / 'ck')
+    loaded = load_checkpoint(tmp_path / 'ck')
+    assert loaded.config.predictor.norm is False
+    z, a = torch.randn(3, 2, 8), torch.randn(3, 4, 2)
+    torch.testing.assert_close(loaded.rollout(z, a), model.rollout(z, a))
+
+
 def test_actions_are_normalised_inside_the_model():
     model = tiny_model()
     z = torch.randn(2, 2, 8)

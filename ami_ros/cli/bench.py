@@ -6,9 +6,12 @@ machine that gets busier part-way slows them alike), median over ``--repeats`` a
 
 * encoder: one frame (uint8 64x64 RGB -> latent), and a batch of ``--encoder-batch`` (256);
 * rollout: one batched call, ``--samples`` x ``--horizon`` (the planner's unit of work);
-* plan: one CEM plan (``ami_ros.planning``, the backend's rollout as dynamics, latent goal
-  cost) at the standard budgets B1 = 300 samples x horizon 5 x 10 iterations and
-  B2 = 300 x 5 x 30;
+* plan: one CEM plan (``ami_ros.planning``, latent goal cost, a hold action among the
+  candidates as at run time) at the standard budgets B1 = 300 samples x horizon 5 x 10
+  iterations and B2 = 300 x 5 x 30. The same algorithm and random numbers on every backend:
+  torch runs each iteration eagerly around the model's rollout; a backend with a plan-step
+  graph (ONNX Runtime) runs each whole iteration -- sampling, bounds, rollout, cost, elite
+  refit -- as one graph call (``ami_ros.planning.graph``); plans agree to float rounding;
 * core loop: encode one frame + belief update (fuse, one-step prediction) + a B1 plan.
 
 Prints a table (or, with ``--json``, one JSON object on stdout) with speed-ups against PyTorch
@@ -179,17 +182,19 @@ def run_bench(model, backends: dict, args) -> dict:
     for n in backends:
         r['encoder'][n] = {'b1_ms': enc1[n], f'b{args.encoder_batch}_ms': enc_b[n],
                            'images_per_s': args.encoder_batch / enc_b[n] * 1e3}
-    states, goals, a_dev = {}, {}, {}
+    states, goals, a_dev, holds = {}, {}, {}, {}
     for n, b in backends.items():
         torch.set_num_threads(threads[n])
         z0 = b.encode(frame)  # (1, D)
         states[n] = z0[:, None].expand(1, k, -1).contiguous()  # (1, k, D)
         goals[n] = b.encode(goal_img)[0]  # (D,)
         a_dev[n] = acts.to(b.device)
+        holds[n] = torch.tensor(model.config.action_mean, device=b.device)  # (A,) "stay"
     roll = time_interleaved({n: (lambda b=b, n=n: b.rollout(states[n], a_dev[n]), dev(b))
                              for n, b in backends.items()}, args.repeats, args.warmup, threads)
     for n in backends:
         r['rollout'][n] = {'ms': roll[n], 'samples': args.samples, 'horizon': args.horizon}
+    steps = {}
     for label, iters in (('B1', B1_ITERATIONS), ('B2', B2_ITERATIONS)):
         fns = {}
         for n, b in backends.items():
@@ -197,14 +202,18 @@ def run_bench(model, backends: dict, args) -> dict:
                                                           iters))
             cost = latent_goal_cost(goals[n])
 
-            def plan(b=b, n=n, planner=planner, cost=cost):
+            step = steps[n] = b.plan_step(planner, cost)  # None: eager torch iterations
+
+            def plan(b=b, n=n, planner=planner, cost=cost, step=step):
                 planner.reset()
-                return planner.plan(states[n], dynamics=b.rollout, cost=cost)
+                return planner.plan(states[n], dynamics=b.rollout, cost=cost,
+                                    hold_action=holds[n], step=step)
             fns[n] = (plan, dev(b))
         reps = args.repeats if label == 'B1' else max(1, args.repeats // 2)
         timed = time_interleaved(fns, reps, min(args.warmup, 1), threads)
         for n in backends:
             r['plan'].setdefault(n, {})[f'{label}_ms'] = timed[n]
+            r['plan'][n]['iteration'] = 'eager' if steps[n] is None else 'graph'
     fns = {}
     for n, b in backends.items():
         planner = make_planner('cem', _planner_config(model, args.samples, args.horizon,
@@ -216,10 +225,13 @@ def run_bench(model, backends: dict, args) -> dict:
         belief = BeliefFilter(BeliefConfig(gain=0.5, dt=0.1), predict)
         clock = {'t': 0.0}
 
-        def loop(b=b, planner=planner, cost=cost, belief=belief, clock=clock):
+        step = b.plan_step(planner, cost)
+
+        def loop(b=b, n=n, planner=planner, cost=cost, belief=belief, clock=clock, step=step):
             z = b.encode(frame)[0]  # (D,)
             belief.update(z, clock['t'])
-            plan = planner.plan(belief.z[None, None], dynamics=b.rollout, cost=cost)
+            plan = planner.plan(belief.z[None, None], dynamics=b.rollout, cost=cost,
+                                hold_action=holds[n], step=step)
             belief.predict(plan.actions[0])
             clock['t'] += 0.1
         fns[n] = (loop, dev(b))
@@ -271,7 +283,11 @@ def format_table(result: dict) -> str:
     lines += ['', f'Speed-ups against PyTorch eager in parentheses; medians of '
                   f'{result["settings"]["repeats"]} repeats. torch threads: '
                   + ', '.join(f'{n} {t}' for n, t in result.get('torch_threads', {}).items())
-                  + ' (the planner\'s own tensor work runs in torch).',
+                  + '. Planner iterations: '
+                  + ', '.join(f'{n} {v.get("iteration", "eager")}'
+                              for n, v in result.get('plan', {}).items())
+                  + ' (eager: torch ops around the backend\'s rollout; graph: one call of the '
+                  'backend per iteration).',
               f'Machine: {m["cpu"]}, {m["cpu_count"]} CPUs, {m["threads"]} threads; '
               f'torch {m["torch"]}, onnxruntime {m["onnxruntime"]}, tensorrt {m["tensorrt"]}, '
               f'GPU {m["gpu"] or "none"}; load average at start '

@@ -424,6 +424,15 @@ class InferenceBackend(abc.ABC):
         out = self._probe(flat)
         return {name: out[name].reshape(*lead, dim) for name, dim in self.spec.probes}
 
+    def plan_step(self, planner, cost):
+        """Return a ``step`` for ``planner.plan`` running whole iterations here, or None.
+
+        The step runs each planner iteration inside this backend (``ami_ros.planning.graph``);
+        None: the iteration runs eagerly in torch around :meth:`rollout`. ``cost`` must be a
+        ``latent_goal_cost``; other costs get None.
+        """
+        return None
+
     # ---------------------------------------------------------------- for subclasses
     @abc.abstractmethod
     def _encode(self, images: torch.Tensor) -> torch.Tensor:

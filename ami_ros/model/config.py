@@ -81,6 +81,9 @@ class PredictorConfig:
     """Width of the MLP's hidden layers."""
     layers: int = 3
     """Number of hidden layers of the MLP."""
+    norm: bool = True
+    """LayerNorm after each hidden layer. Off makes the planner's rollouts cheaper (measured:
+    a fifth of a CEM iteration served by ONNX Runtime went to LayerNorm at hidden 128)."""
 
     def __post_init__(self):
         _check(1 <= self.history <= 16, 'predictor.history', self.history, 'must be in [1, 16]')

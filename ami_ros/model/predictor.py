@@ -13,14 +13,15 @@ class Predictor(nn.Module):
     """z_{t+1} = z_t + MLP([z_{t-k+1..t}, a_{t-m+1..t}])."""
 
     def __init__(self, latent_dim: int, action_dim: int, history: int, action_history: int,
-                 hidden: int, layers: int):
+                 hidden: int, layers: int, norm: bool = True):
         super().__init__()
         self.history = history
         self.action_history = action_history
         dims = [history * latent_dim + action_history * action_dim] + [hidden] * layers
         blocks: list[nn.Module] = []
         for d_in, d_out in zip(dims[:-1], dims[1:]):
-            blocks += [nn.Linear(d_in, d_out), nn.LayerNorm(d_out), nn.SiLU()]
+            blocks += [nn.Linear(d_in, d_out)] + ([nn.LayerNorm(d_out)] if norm else []) \
+                + [nn.SiLU()]
         self.mlp = nn.Sequential(*blocks)
         self.out = nn.Linear(dims[-1], latent_dim)
         # small initial residual: start near "nothing changes"

@@ -53,7 +53,7 @@ class WorldModel(nn.Module):
         self.encoder = build_encoder(config)
         p = config.predictor
         self.predictor = Predictor(config.latent_dim, config.action_dim, p.history,
-                                   p.action_history, p.hidden, p.layers)
+                                   p.action_history, p.hidden, p.layers, p.norm)
         # statistics live in config.json, not in the weights file (persistent=False)
         self.register_buffer('action_mean', torch.tensor(config.action_mean, dtype=torch.float32),
                              persistent=False)

@@ -56,10 +56,37 @@ class SamplingPlanner:
         """New (mean, std), each (H, A), from samples (N, H, A) and costs (N,) (inf = invalid)."""
         raise NotImplementedError
 
+    def iteration(self, state: torch.Tensor, dynamics: Dynamics, cost: Cost,
+                  mean: torch.Tensor, std: torch.Tensor, noise: torch.Tensor,
+                  hold: Optional[torch.Tensor], limits: torch.Tensor, best_cost: torch.Tensor,
+                  best_actions: torch.Tensor, best_pred: Optional[torch.Tensor]):
+        """One sampling iteration as tensor operations only (traceable into one ONNX graph).
+
+        mean, std (H, A); noise (N, H, A) standard normal; hold (H, A) or None: a candidate
+        always evaluated; limits (5, A) from ``_Constraints.limits``; best_cost (1,),
+        best_actions (H, A), best_pred (H, ...) or None: the best candidate so far. Returns the
+        refitted (mean, std) and the updated best (cost, actions, predicted).
+        """
+        samples = mean + std * noise  # (N, H, A)
+        fixed = [mean[None]] if hold is None else [mean[None], hold[None]]
+        samples = torch.cat(fixed + [samples[len(fixed):]], dim=0)  # mean (and hold) first
+        samples = project(samples, limits)  # (N, H, A)
+        predicted, costs = _evaluate(self.name, state, samples, dynamics, cost)
+        i = torch.argmin(costs)  # () lowest cost; ties go to the first (the mean)
+        lowest = costs.min().reshape(1)  # (1,)
+        better = lowest < best_cost  # (1,) strictly better replaces the best
+        best_cost = torch.where(better, lowest, best_cost)  # (1,)
+        best_actions = torch.where(better, samples[i], best_actions)  # (H, A)
+        best_pred = predicted[i] if best_pred is None else torch.where(
+            better, predicted[i], best_pred)  # (H, ...)
+        mean, std = self._refit(mean, std, samples, costs)  # (H, A), (H, A)
+        return mean, std, best_cost, best_actions, best_pred
+
     def plan(self, state: torch.Tensor, dynamics: Dynamics, cost: Cost,
              prev_plan: Optional[torch.Tensor] = None,
              current_action: Optional[torch.Tensor] = None,
-             hold_action: Optional[torch.Tensor] = None) -> PlanResult:
+             hold_action: Optional[torch.Tensor] = None,
+             step: Optional[Callable] = None) -> PlanResult:
         """Plan from ``state``.
 
         prev_plan: (H, A) previous plan; defaults to the one this planner returned last. Used
@@ -67,6 +94,9 @@ class SamplingPlanner:
         current_action: (A,) the command in force now; the first step is rate-limited from it.
         hold_action: (A,) a safe action (stop / stay), always among the candidates and the
         fallback when there is no previous plan.
+        step: runs :meth:`iteration` elsewhere (an inference backend's graph of it, see
+        ``ami_ros.planning.graph``), called as ``step(state, mean, std, noise, hold, limits,
+        best_cost, best_actions, best_pred)`` with hold (H, A) (the mean when there is none).
         """
         if not isinstance(state, torch.Tensor):
             raise TypeError(f'{self.name}: state must be a tensor, got {type(state).__name__}')
@@ -84,29 +114,30 @@ class SamplingPlanner:
         mean = box.project(start.expand(h, a)[None])[0]  # (H, A)
         std = torch.tensor(cfg.vector('init_std'), device=dev, dtype=dtype).expand(h, a)  # (H, A)
         gen = self._rng(dev)
-        best_cost = torch.full((), float('inf'), device=dev, dtype=dtype)  # ()
+        best_cost = torch.full((1,), float('inf'), device=dev, dtype=dtype)  # (1,)
         best_actions, best_pred = mean, None  # (H, A), (H, ...)
+        limits = box.limits()  # (5, A)
+        hold_seq = None if hold is None else hold.expand(h, a)  # (H, A)
         with torch.no_grad():
-            for it in range(iters + 1):
-                if it < iters:
-                    noise = torch.randn((n, h, a), generator=gen, device=dev, dtype=dtype)
-                    samples = mean + std * noise  # (N, H, A)
-                    samples[0] = mean  # the current mean (the warm start at first) is a candidate
-                    if hold is not None:
-                        samples[1] = hold  # (H, A) broadcast
+            for _ in range(iters):
+                noise = torch.randn((n, h, a), generator=gen, device=dev, dtype=dtype)
+                if step is not None:  # the same iteration, run by an inference backend
+                    mean, std, best_cost, best_actions, best_pred = step(
+                        state, mean, std, noise, mean if hold_seq is None else hold_seq,
+                        limits, best_cost, best_actions, best_pred)
                 else:
-                    samples = mean[None]  # (1, H, A) the final mean, evaluated once
-                samples = box.project(samples)  # (N, H, A)
-                predicted, costs = _evaluate(self.name, state, samples, dynamics, cost)
-                i = torch.argmin(costs)  # () lowest cost; ties go to the first (the mean)
-                # Strictly better replaces the best; the final mean also wins a tie (smoother).
-                better = costs[i] <= best_cost if it == iters else costs[i] < best_cost  # ()
-                best_cost = torch.where(better, costs[i], best_cost)  # ()
-                best_actions = torch.where(better, samples[i], best_actions)  # (H, A)
-                best_pred = predicted[i] if best_pred is None else torch.where(
-                    better, predicted[i], best_pred)  # (H, ...)
-                if it < iters:
-                    mean, std = self._refit(mean, std, samples, costs)  # (H, A), (H, A)
+                    mean, std, best_cost, best_actions, best_pred = self.iteration(
+                        state, dynamics, cost, mean, std, noise, hold_seq, limits, best_cost,
+                        best_actions, best_pred)
+            # the final mean, evaluated once; it wins a tie (smoother)
+            final = box.project(mean[None])  # (1, H, A)
+            predicted, costs = _evaluate(self.name, state, final, dynamics, cost)
+            better = costs[0] <= best_cost[0]  # ()
+            best_cost = torch.where(better, costs[:1], best_cost)  # (1,)
+            best_actions = torch.where(better, final[0], best_actions)  # (H, A)
+            best_pred = predicted[0] if best_pred is None else torch.where(
+                better, predicted[0], best_pred)  # (H, ...)
+        best_cost = best_cost[0]  # ()
         info = {'planner': self.name, 'warm_start': warm, 'reason': 'ok'}
         if bool(torch.isfinite(best_cost)):
             result = PlanResult(best_actions.clone(), best_pred, float(best_cost), info)
@@ -140,22 +171,37 @@ class _Constraints:
         mid = torch.where(both, (self.lower + self.upper) / 2, torch.zeros_like(self.lower))
         self.centre = mid.clamp(self.lower, self.upper)  # (A,)
 
-    def project(self, actions: torch.Tensor) -> torch.Tensor:
-        """Clamp (N, H, A) sequences into bounds and rate limits, step by step in time order.
+    def limits(self) -> torch.Tensor:
+        """Return the constraints as one (5, A) tensor, what :func:`project` and graphs take.
 
-        Bounds win where both cannot hold (a current action outside the bounds).
+        Rows: lower, upper, current (0 when none), first-step and later rate limits (inf: none).
         """
-        if self.delta is None:
-            return actions.clamp(self.lower, self.upper)  # (N, H, A)
-        steps, prev = [], self.current  # prev: (A,) or (N, A)
-        for t in range(actions.shape[1]):
-            step = actions[:, t]  # (N, A)
-            if prev is not None:
-                step = torch.minimum(torch.maximum(step, prev - self.delta), prev + self.delta)
-            step = step.clamp(self.lower, self.upper)  # (N, A)
-            steps.append(step)
-            prev = step
-        return torch.stack(steps, dim=1)  # (N, H, A)
+        inf = torch.full_like(self.lower, float('inf'))  # (A,)
+        delta = inf if self.delta is None else self.delta  # (A,)
+        current = torch.zeros_like(self.lower) if self.current is None else self.current
+        first = inf if self.current is None else delta  # (A,)
+        return torch.stack([self.lower, self.upper, current, first, delta])  # (5, A)
+
+    def project(self, actions: torch.Tensor) -> torch.Tensor:
+        """Clamp (N, H, A) sequences into bounds and rate limits (see :func:`project`)."""
+        return project(actions, self.limits())
+
+
+def project(actions: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
+    """Clamp (N, H, A) sequences into bounds and rate limits, step by step in time order.
+
+    limits (5, A): lower, upper, current action, rate limit of the first step (from the current
+    action) and of later steps (from the step before); inf disables a limit. Bounds win where
+    both cannot hold (a current action outside the bounds).
+    """
+    lower, upper, current, first, delta = limits.unbind(0)  # (A,) each
+    steps, prev, limit = [], current, first  # prev: (A,) then (N, A)
+    for t in range(actions.shape[1]):
+        step = torch.minimum(torch.maximum(actions[:, t], prev - limit), prev + limit)  # (N, A)
+        step = torch.minimum(torch.maximum(step, lower), upper)  # (N, A)
+        steps.append(step)
+        prev, limit = step, delta
+    return torch.stack(steps, dim=1)  # (N, H, A)
 
 
 def _vector(name, value, a, dev, dtype) -> Optional[torch.Tensor]:

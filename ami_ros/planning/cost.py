@@ -62,9 +62,22 @@ def _goal_tensor(name: str, goal) -> torch.Tensor:
     return g
 
 
+def goal_distance(predicted: torch.Tensor, goal: torch.Tensor, metric: str,
+                  terminal_weight: float, running_weight: float) -> torch.Tensor:
+    """Weighted sum over the horizon of the distance of predicted (N, H, ...) to goal -> (N,)."""
+    d = distance(predicted, goal.to(device=predicted.device, dtype=predicted.dtype),
+                 metric)  # (N, H)
+    w = _step_weights(d.shape[1], terminal_weight, running_weight, d)  # (H,)
+    return (d * w).sum(dim=1)  # (N,)
+
+
 def latent_goal_cost(goal, metric: str = 'l1', terminal_weight: float = 1.0,
                      running_weight: float = 0.1) -> Cost:
-    """Cost of predicted latents (N, H, *goal.shape) against the goal latent."""
+    """Cost of predicted latents (N, H, *goal.shape) against the goal latent.
+
+    The returned callable carries ``goal``, ``metric``, ``terminal_weight`` and
+    ``running_weight`` as attributes, so that a backend can build the same cost into a graph.
+    """
     _check(metric, terminal_weight, running_weight)
     g0 = _goal_tensor('latent goal', goal)
 
@@ -72,11 +85,10 @@ def latent_goal_cost(goal, metric: str = 'l1', terminal_weight: float = 1.0,
         if tuple(predicted.shape[2:]) != tuple(g0.shape):
             raise ValueError(f'predicted latents are {tuple(predicted.shape[2:])} per step, '
                              f'the goal latent {tuple(g0.shape)}')
-        g = g0.to(device=predicted.device, dtype=predicted.dtype)  # (...)
-        d = distance(predicted, g, metric)  # (N, H)
-        w = _step_weights(d.shape[1], terminal_weight, running_weight, d)  # (H,)
-        return (d * w).sum(dim=1)  # (N,)
+        return goal_distance(predicted, g0, metric, terminal_weight, running_weight)  # (N,)
 
+    cost.goal, cost.metric = g0, metric
+    cost.terminal_weight, cost.running_weight = float(terminal_weight), float(running_weight)
     return cost
 
 
@@ -122,6 +134,8 @@ def sum_costs(*costs: Cost, weights: Optional[Sequence[float]] = None) -> Cost:
     ws = [1.0] * len(costs) if weights is None else [float(w) for w in weights]
     if len(ws) != len(costs) or any(not w >= 0.0 for w in ws):
         raise ValueError(f'weights must be {len(costs)} values >= 0, got {weights}')
+    if len(costs) == 1 and ws[0] == 1.0:
+        return costs[0]  # itself: keeps what a backend needs to build it into a graph
 
     def cost(predicted: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         total = ws[0] * costs[0](predicted, actions)  # (N,)
