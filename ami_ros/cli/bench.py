@@ -76,7 +76,10 @@ def time_interleaved(fns: dict, repeats: int, warmup: int,
                      threads: dict[str, int]) -> dict[str, float]:
     """{name: median ms} of each ``fns[name] = (fn, device)``, taken in turn in every repeat.
 
-    ``threads[name]``: torch's intra-op threads while that backend's fn runs.
+    ``threads[name]``: torch's intra-op threads while that backend's fn runs. Each timed call
+    follows an untimed call of the same fn: right after a switch, the previous backend's idle
+    pool threads still spin for a while and take a core from the next one (measured: a B1 plan
+    on ONNX Runtime 14.5 ms on its own, 20 ms right after a 2-thread torch plan).
     """
     import torch
 
@@ -89,6 +92,8 @@ def time_interleaved(fns: dict, repeats: int, warmup: int,
     for _ in range(repeats):
         for name, (fn, device) in fns.items():
             torch.set_num_threads(threads[name])
+            fn()  # settle (see above)
+            _sync(device)
             t0 = time.perf_counter()
             fn()
             _sync(device)
