@@ -145,8 +145,8 @@ def test_planner_runs_on_either_backend(backends):
 
 
 @pytest.mark.parametrize('name', ['cem', 'mppi'])
-def test_plan_step_graph_gives_the_eager_plan(backends, backends_m2, name, caplog):
-    """ONNX Runtime runs each whole planner iteration as one graph; the plan is the eager one.
+def test_plan_graph_gives_the_eager_plan(backends, backends_m2, name, caplog):
+    """ONNX Runtime runs a whole plan as one graph; the plan is the eager one.
 
     With bounds, rate limits from a current action, a hold action and a short belief history
     (padded like rollout()); also for a model conditioned on 2 past actions.
@@ -161,9 +161,9 @@ def test_plan_step_graph_gives_the_eager_plan(backends, backends_m2, name, caplo
                 action_dim=2, horizon=torch_b.horizon, n_samples=48, iterations=3, n_elites=6,
                 lower=-1.0, upper=1.0, max_delta=0.3, temperature=0.5))
             cost = latent_goal_cost(goal, 'l2')
-            step = backend.plan_step(planner, cost)
-            assert (step is None) == (backend.name == 'torch')
-            plans.append(planner.plan(z, dynamics=backend.rollout, cost=cost, step=step,
+            search = backend.plan_search(planner, cost)
+            assert (search is None) == (backend.name == 'torch')
+            plans.append(planner.plan(z, dynamics=backend.rollout, cost=cost, search=search,
                                       current_action=torch.tensor([0.9, -0.9]),
                                       hold_action=torch.tensor([0.9, -0.9])))
         eager, graph = plans
@@ -176,7 +176,8 @@ def test_plan_step_graph_gives_the_eager_plan(backends, backends_m2, name, caplo
         assert bool(((graph.actions[0] - torch.tensor([0.9, -0.9])).abs() <= 0.3 + 1e-6).all())
     # other costs (probe goals, sums) keep eager iterations
     planner = make_planner(name, PlannerConfig(action_dim=2, horizon=4))
-    assert backends[1].plan_step(planner, lambda predicted, actions: predicted.sum((1, 2))) is None
+    assert backends[1].plan_search(planner,
+                                   lambda predicted, actions: predicted.sum((1, 2))) is None
 
 
 # ------------------------------------------------------------------------------------ interface

@@ -9,9 +9,9 @@ machine that gets busier part-way slows them alike), median over ``--repeats`` a
 * plan: one CEM plan (``ami_ros.planning``, latent goal cost, a hold action among the
   candidates as at run time) at the standard budgets B1 = 300 samples x horizon 5 x 10
   iterations and B2 = 300 x 5 x 30. The same algorithm and random numbers on every backend:
-  torch runs each iteration eagerly around the model's rollout; a backend with a plan-step
-  graph (ONNX Runtime) runs each whole iteration -- sampling, bounds, rollout, cost, elite
-  refit -- as one graph call (``ami_ros.planning.graph``); plans agree to float rounding;
+  torch runs it eagerly around the model's rollout; a backend with plan graphs (ONNX Runtime)
+  runs the whole plan -- every iteration's sampling, bounds, rollout, cost and elite refit --
+  as one graph call (``ami_ros.planning.graph``); plans agree to float rounding;
 * core loop: encode one frame + belief update (fuse, one-step prediction) + a B1 plan.
 
 Prints a table (or, with ``--json``, one JSON object on stdout) with speed-ups against PyTorch
@@ -199,7 +199,7 @@ def run_bench(model, backends: dict, args) -> dict:
                              for n, b in backends.items()}, args.repeats, args.warmup, threads)
     for n in backends:
         r['rollout'][n] = {'ms': roll[n], 'samples': args.samples, 'horizon': args.horizon}
-    steps = {}
+    searches = {}
     for label, iters in (('B1', B1_ITERATIONS), ('B2', B2_ITERATIONS)):
         fns = {}
         for n, b in backends.items():
@@ -207,18 +207,18 @@ def run_bench(model, backends: dict, args) -> dict:
                                                           iters))
             cost = latent_goal_cost(goals[n])
 
-            step = steps[n] = b.plan_step(planner, cost)  # None: eager torch iterations
+            search = searches[n] = b.plan_search(planner, cost)  # None: eager torch
 
-            def plan(b=b, n=n, planner=planner, cost=cost, step=step):
+            def plan(b=b, n=n, planner=planner, cost=cost, search=search):
                 planner.reset()
                 return planner.plan(states[n], dynamics=b.rollout, cost=cost,
-                                    hold_action=holds[n], step=step)
+                                    hold_action=holds[n], search=search)
             fns[n] = (plan, dev(b))
         reps = args.repeats if label == 'B1' else max(1, args.repeats // 2)
         timed = time_interleaved(fns, reps, min(args.warmup, 1), threads)
         for n in backends:
             r['plan'].setdefault(n, {})[f'{label}_ms'] = timed[n]
-            r['plan'][n]['iteration'] = 'eager' if steps[n] is None else 'graph'
+            r['plan'][n]['search'] = 'eager' if searches[n] is None else 'graph'
     fns = {}
     for n, b in backends.items():
         planner = make_planner('cem', _planner_config(model, args.samples, args.horizon,
@@ -230,13 +230,14 @@ def run_bench(model, backends: dict, args) -> dict:
         belief = BeliefFilter(BeliefConfig(gain=0.5, dt=0.1), predict)
         clock = {'t': 0.0}
 
-        step = b.plan_step(planner, cost)
+        search = b.plan_search(planner, cost)
 
-        def loop(b=b, n=n, planner=planner, cost=cost, belief=belief, clock=clock, step=step):
+        def loop(b=b, n=n, planner=planner, cost=cost, belief=belief, clock=clock,
+                 search=search):
             z = b.encode(frame)[0]  # (D,)
             belief.update(z, clock['t'])
             plan = planner.plan(belief.z[None, None], dynamics=b.rollout, cost=cost,
-                                hold_action=holds[n], step=step)
+                                hold_action=holds[n], search=search)
             belief.predict(plan.actions[0])
             clock['t'] += 0.1
         fns[n] = (loop, dev(b))
@@ -288,11 +289,11 @@ def format_table(result: dict) -> str:
     lines += ['', f'Speed-ups against PyTorch eager in parentheses; medians of '
                   f'{result["settings"]["repeats"]} repeats. torch threads: '
                   + ', '.join(f'{n} {t}' for n, t in result.get('torch_threads', {}).items())
-                  + '. Planner iterations: '
-                  + ', '.join(f'{n} {v.get("iteration", "eager")}'
+                  + '. Plans: '
+                  + ', '.join(f'{n} {v.get("search", "eager")}'
                               for n, v in result.get('plan', {}).items())
-                  + ' (eager: torch ops around the backend\'s rollout; graph: one call of the '
-                  'backend per iteration).',
+                  + ' (eager: torch ops around the backend\'s rollout; graph: the whole plan '
+                  'as one call of the backend).',
               f'Machine: {m["cpu"]}, {m["cpu_count"]} CPUs, {m["threads"]} threads; '
               f'torch {m["torch"]}, onnxruntime {m["onnxruntime"]}, tensorrt {m["tensorrt"]}, '
               f'GPU {m["gpu"] or "none"}; load average at start '

@@ -196,12 +196,12 @@ class LatentMPC:
         current = self._command if self._command is not None else hold
         t0 = time.perf_counter()
         cost = self._cost(current)
-        plan_step = getattr(self.model, 'plan_step', None)  # a backend may run whole iterations
-        step = plan_step(self.planner, cost) if plan_step is not None else None
+        plan_search = getattr(self.model, 'plan_search', None)  # a backend may run whole plans
+        search = plan_search(self.planner, cost) if plan_search is not None else None
         with torch.no_grad():
             result = self.planner.plan(state, self._rollout, cost,
                                        current_action=torch.as_tensor(current),
-                                       hold_action=torch.as_tensor(hold), step=step)
+                                       hold_action=torch.as_tensor(hold), search=search)
         info.update(plan_ms=1e3 * (time.perf_counter() - t0), cost=result.cost, result=result,
                     reason=result.info['reason'])
         target = result.actions[0].detach().cpu().double().numpy()  # (A,)

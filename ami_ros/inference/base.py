@@ -424,12 +424,12 @@ class InferenceBackend(abc.ABC):
         out = self._probe(flat)
         return {name: out[name].reshape(*lead, dim) for name, dim in self.spec.probes}
 
-    def plan_step(self, planner, cost):
-        """Return a ``step`` for ``planner.plan`` running whole iterations here, or None.
+    def plan_search(self, planner, cost):
+        """Return a ``search`` for ``planner.plan`` running whole plans here, or None.
 
-        The step runs each planner iteration inside this backend (``ami_ros.planning.graph``);
-        None: the iteration runs eagerly in torch around :meth:`rollout`. ``cost`` must be a
-        ``latent_goal_cost``; other costs get None.
+        The search runs every planner iteration inside this backend in one call
+        (``ami_ros.planning.graph``); None: it runs eagerly in torch around :meth:`rollout`.
+        ``cost`` must be a ``latent_goal_cost``; other costs get None.
         """
         return None
 

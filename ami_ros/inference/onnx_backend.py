@@ -327,33 +327,34 @@ def ensure_export(source: ModelSource, config: BackendConfig, precision: str = '
     return data
 
 
-def export_plan_step(model, planner, cost, horizon: int, cache_dir=None,
-                     weights_sha256: Optional[str] = None) -> Path:
-    """Export one planner iteration (``ami_ros.planning.graph``) to the cache; its path.
+def export_plan(model, planner, cost, horizon: int, cache_dir=None,
+                weights_sha256: Optional[str] = None) -> Path:
+    """Export one whole planner search (``ami_ros.planning.graph``) to the cache; its path.
 
-    Reused when present (the name holds the weights hash and the planner/cost/horizon key);
-    written under a temporary name and moved into place.
+    Reused when present (the name holds the weights hash and the planner/budget/cost/horizon
+    key); written under a temporary name and moved into place.
     """
-    from ami_ros.planning.graph import (STEP_INPUTS, STEP_OUTPUTS, PlanStepGraph,
-                                        step_examples, step_key)
+    from ami_ros.planning.graph import PLAN_INPUTS, PLAN_OUTPUTS, PlanGraph, plan_examples, \
+        plan_key
 
     sha = weights_sha256 or model_sha256(model)
     path = (cache_root(cache_dir) / 'onnx'
-            / f'plan-{sha[:16]}-{step_key(planner, cost, horizon)}.onnx')
+            / f'plan-{sha[:16]}-{plan_key(planner, cost, horizon)}.onnx')
     if path.is_file():
         return path
-    log.info(f'exporting the {planner.name} iteration (horizon {horizon}, '
-             f'{planner.config.n_samples} samples) to {path}')
+    cfg = planner.config
+    log.info(f'exporting the {planner.name} plan ({cfg.n_samples} samples x horizon {horizon} x '
+             f'{cfg.iterations} iterations) to {path}')
     path.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).to('cpu').eval()
-    module = PlanStepGraph(model, planner, cost.metric, cost.terminal_weight,
-                           cost.running_weight).eval()
-    args = step_examples(model.latent_dim, model.action_dim, model.history, horizon,
-                         int(planner.config.n_samples))
+    module = PlanGraph(model, planner, cost.metric, cost.terminal_weight,
+                       cost.running_weight).eval()
+    args = plan_examples(model.latent_dim, model.action_dim, model.history, horizon,
+                         int(cfg.n_samples), int(cfg.iterations))
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
     try:
         with torch.no_grad():
-            _export_graph(module, args, tmp, list(STEP_INPUTS), list(STEP_OUTPUTS), OPSET,
+            _export_graph(module, args, tmp, list(PLAN_INPUTS), list(PLAN_OUTPUTS), OPSET,
                           'torchscript', dynamic={})
         os.replace(tmp, path)
     finally:
@@ -533,54 +534,57 @@ class OnnxRuntimeBackend(GraphBackend):
         shapes = {name: (n, dim) for name, dim in self.spec.probes}
         return self._run('probes', {'latent': z}, shapes)
 
-    # ---------------------------------------------------------------- whole planner iterations
-    def plan_step(self, planner, cost):
-        """Each planner iteration as one ONNX Runtime call (``ami_ros.planning.graph``).
+    # ---------------------------------------------------------------- whole plans
+    def plan_search(self, planner, cost):
+        """A whole planner search as one ONNX Runtime call (``ami_ros.planning.graph``).
 
         The graph is exported from the checkpoint on first use and cached under
-        ``<cache>/onnx/plan-<weights>-<planner, cost and horizon key>.onnx``; None (eager
-        iterations) for costs other than a latent goal cost or without the checkpoint.
+        ``<cache>/onnx/plan-<weights>-<planner, budget, cost and horizon key>.onnx``; None
+        (eager search) for costs other than a latent goal cost or without the checkpoint.
         """
-        from ami_ros.planning.graph import STEP_INPUTS, STEP_OUTPUTS, step_key
+        from ami_ros.planning.graph import PLAN_INPUTS, PLAN_OUTPUTS, plan_key
 
         if getattr(cost, 'metric', None) is None or not self._source.available:
             return None
         h, d = int(planner.config.horizon), self.latent_dim
-        name = f'plan-{step_key(planner, cost, h)}'
+        name = f'plan-{plan_key(planner, cost, h)}'
         if name not in self._sessions:
-            path = export_plan_step(self._source.model(), planner, cost, h, self._cache_dir,
-                                    self.sha256)
+            path = export_plan(self._source.model(), planner, cost, h, self._cache_dir,
+                               self.sha256)
             opts = self._ort.SessionOptions()
             opts.graph_optimization_level = self._opts.graph_optimization_level
             opts.execution_mode = self._opts.execution_mode
             opts.log_severity_level = self._opts.log_severity_level
-            # One thread: the iteration's matrices are small (N x hidden); a 2-thread pool
-            # without spinning made it slower (2.0 vs 1.5 ms per 300 x 5 CEM iteration on 2
-            # cores), and spinning steals the cores the rest of the stack needs.
-            opts.intra_op_num_threads = 1
+            # The pool spins while a call runs and stops when it returns: a plan is hundreds
+            # of small matrix products in sequence, and without spinning each hand-off wakes a
+            # sleeping thread (per 300 x 5 CEM iteration on 2 cores: 1.15 ms on one thread,
+            # 1.16 ms on two without spinning, 0.77 ms spinning, 0.82 ms spinning only
+            # within the call); spinning between calls would steal the cores the rest of the
+            # stack needs. spin_threads: true keeps it spinning between calls as well.
+            if int(self.config.num_threads) > 0:
+                opts.intra_op_num_threads = int(self.config.num_threads)
             opts.inter_op_num_threads = 1
+            opts.add_session_config_entry('session.intra_op.allow_spinning', '1')
+            opts.add_session_config_entry('session.force_spinning_stop',
+                                          '0' if self.config.spin_threads else '1')
             try:
                 self._sessions[name] = self._ort.InferenceSession(str(path), opts,
                                                                   providers=self._providers)
             except _ort_errors() as exc:
-                log.warning(f'{path}: ONNX Runtime cannot load the plan-step graph ({exc}); '
-                            f'planner iterations run in torch')
+                log.warning(f'{path}: ONNX Runtime cannot load the plan graph ({exc}); '
+                            f'plans run in torch')
                 return None
         goal = cost.goal.to(device=self.device, dtype=torch.float32).reshape(d).contiguous()
         k = self.history
 
-        def step(state, mean, std, noise, hold, limits, best_cost, best_actions, best_pred):
+        def search(state, mean, std, noise, hold, limits):
             z = state.to(self.device, torch.float32)
             if z.shape[1] < k:  # as rollout(): too short a history repeats the oldest latent
                 z = torch.cat([z[:, :1].expand(-1, k - z.shape[1], -1), z], dim=1)
-            if best_pred is None:
-                best_pred = torch.zeros(h, d, device=self.device)
-            values = (z[:1, -k:], goal, mean, std, noise, hold, limits, best_cost, best_actions,
-                      best_pred)
+            values = (z[:1, -k:], goal, mean, std, noise, hold, limits)
             inputs = {n: v.to(self.device, torch.float32).contiguous()
-                      for n, v in zip(STEP_INPUTS, values)}
-            shapes = dict(zip(STEP_OUTPUTS, (tuple(mean.shape), tuple(std.shape), (1,),
-                                             tuple(mean.shape), (h, d))))
+                      for n, v in zip(PLAN_INPUTS, values)}
+            shapes = dict(zip(PLAN_OUTPUTS, ((1,), tuple(mean.shape), (h, d))))
             out = self._run(name, inputs, shapes)
-            return tuple(out[n] for n in STEP_OUTPUTS)
-        return step
+            return tuple(out[n] for n in PLAN_OUTPUTS)
+        return search

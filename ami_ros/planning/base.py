@@ -82,11 +82,35 @@ class SamplingPlanner:
         mean, std = self._refit(mean, std, samples, costs)  # (H, A), (H, A)
         return mean, std, best_cost, best_actions, best_pred
 
+    def search(self, state: torch.Tensor, dynamics: Dynamics, cost: Cost, mean: torch.Tensor,
+               std: torch.Tensor, noise: torch.Tensor, hold: Optional[torch.Tensor],
+               limits: torch.Tensor):
+        """All iterations, then the final mean, as tensor operations only (one ONNX graph).
+
+        noise (I, N, H, A): one standard-normal draw per iteration; the rest as
+        :meth:`iteration`. Returns the best (cost (1,), actions (H, A), predicted (H, ...)).
+        """
+        best_cost = torch.full((1,), float('inf'), device=mean.device, dtype=mean.dtype)  # (1,)
+        best_actions, best_pred = mean, None  # (H, A), (H, ...)
+        for i in range(noise.shape[0]):
+            mean, std, best_cost, best_actions, best_pred = self.iteration(
+                state, dynamics, cost, mean, std, noise[i], hold, limits, best_cost,
+                best_actions, best_pred)
+        # the final mean, evaluated once; it wins a tie (smoother)
+        final = project(mean[None], limits)  # (1, H, A)
+        predicted, costs = _evaluate(self.name, state, final, dynamics, cost)
+        better = costs[:1] <= best_cost  # (1,)
+        best_cost = torch.where(better, costs[:1], best_cost)  # (1,)
+        best_actions = torch.where(better, final[0], best_actions)  # (H, A)
+        best_pred = predicted[0] if best_pred is None else torch.where(
+            better, predicted[0], best_pred)  # (H, ...)
+        return best_cost, best_actions, best_pred
+
     def plan(self, state: torch.Tensor, dynamics: Dynamics, cost: Cost,
              prev_plan: Optional[torch.Tensor] = None,
              current_action: Optional[torch.Tensor] = None,
              hold_action: Optional[torch.Tensor] = None,
-             step: Optional[Callable] = None) -> PlanResult:
+             search: Optional[Callable] = None) -> PlanResult:
         """Plan from ``state``.
 
         prev_plan: (H, A) previous plan; defaults to the one this planner returned last. Used
@@ -94,9 +118,9 @@ class SamplingPlanner:
         current_action: (A,) the command in force now; the first step is rate-limited from it.
         hold_action: (A,) a safe action (stop / stay), always among the candidates and the
         fallback when there is no previous plan.
-        step: runs :meth:`iteration` elsewhere (an inference backend's graph of it, see
-        ``ami_ros.planning.graph``), called as ``step(state, mean, std, noise, hold, limits,
-        best_cost, best_actions, best_pred)`` with hold (H, A) (the mean when there is none).
+        search: runs :meth:`search` elsewhere (an inference backend's graph of it, see
+        ``ami_ros.planning.graph``), called as ``search(state, mean, std, noise, hold,
+        limits)`` with hold (H, A) (the mean when there is none).
         """
         if not isinstance(state, torch.Tensor):
             raise TypeError(f'{self.name}: state must be a tensor, got {type(state).__name__}')
@@ -114,29 +138,16 @@ class SamplingPlanner:
         mean = box.project(start.expand(h, a)[None])[0]  # (H, A)
         std = torch.tensor(cfg.vector('init_std'), device=dev, dtype=dtype).expand(h, a)  # (H, A)
         gen = self._rng(dev)
-        best_cost = torch.full((1,), float('inf'), device=dev, dtype=dtype)  # (1,)
-        best_actions, best_pred = mean, None  # (H, A), (H, ...)
-        limits = box.limits()  # (5, A)
+        noise = torch.randn((iters, n, h, a), generator=gen, device=dev, dtype=dtype)  # (I,N,H,A)
         hold_seq = None if hold is None else hold.expand(h, a)  # (H, A)
         with torch.no_grad():
-            for _ in range(iters):
-                noise = torch.randn((n, h, a), generator=gen, device=dev, dtype=dtype)
-                if step is not None:  # the same iteration, run by an inference backend
-                    mean, std, best_cost, best_actions, best_pred = step(
-                        state, mean, std, noise, mean if hold_seq is None else hold_seq,
-                        limits, best_cost, best_actions, best_pred)
-                else:
-                    mean, std, best_cost, best_actions, best_pred = self.iteration(
-                        state, dynamics, cost, mean, std, noise, hold_seq, limits, best_cost,
-                        best_actions, best_pred)
-            # the final mean, evaluated once; it wins a tie (smoother)
-            final = box.project(mean[None])  # (1, H, A)
-            predicted, costs = _evaluate(self.name, state, final, dynamics, cost)
-            better = costs[0] <= best_cost[0]  # ()
-            best_cost = torch.where(better, costs[:1], best_cost)  # (1,)
-            best_actions = torch.where(better, final[0], best_actions)  # (H, A)
-            best_pred = predicted[0] if best_pred is None else torch.where(
-                better, predicted[0], best_pred)  # (H, ...)
+            if search is not None:  # the same search, run by an inference backend
+                best_cost, best_actions, best_pred = search(
+                    state, mean, std, noise, mean if hold_seq is None else hold_seq,
+                    box.limits())
+            else:
+                best_cost, best_actions, best_pred = self.search(
+                    state, dynamics, cost, mean, std, noise, hold_seq, box.limits())
         best_cost = best_cost[0]  # ()
         info = {'planner': self.name, 'warm_start': warm, 'reason': 'ok'}
         if bool(torch.isfinite(best_cost)):

@@ -1,12 +1,12 @@
-"""One planner iteration with the world model and a latent goal cost, as one module.
+"""A planner's whole search with the world model and a latent goal cost, as one module.
 
-``SamplingPlanner.iteration`` (sample, project into bounds and rate limits, roll out every
-candidate, score, keep the best, refit the distribution) is written with tensor operations only.
-:class:`PlanStepGraph` wraps it with the model's rollout and the latent goal cost, so that an
-inference backend can compile a whole iteration into one graph (ONNX Runtime: no Python and no
-per-operation dispatch between the rollout, the cost and the refit). ``planner.plan(...,
-step=backend.plan_step(planner, cost))`` then runs every iteration in the backend; without a
-``step`` the same code runs eagerly in torch (the reference, and what the parity tests compare).
+``SamplingPlanner.search`` (every iteration: sample, project into bounds and rate limits, roll
+out every candidate, score, keep the best, refit the distribution; then the final mean) is
+written with tensor operations only. :class:`PlanGraph` wraps it with the model's rollout and the
+latent goal cost, so that an inference backend can compile one whole plan into one graph (ONNX
+Runtime: no Python and no per-operation dispatch anywhere in the plan). ``planner.plan(...,
+search=backend.plan_search(planner, cost))`` then runs in the backend; without ``search`` the
+same code runs eagerly in torch (the reference, and what the parity tests compare).
 """
 from __future__ import annotations
 
@@ -19,16 +19,15 @@ from torch import nn
 from ami_ros.planning.base import SamplingPlanner
 from ami_ros.planning.cost import goal_distance
 
-STEP_INPUTS = ('z_hist', 'goal', 'mean', 'std', 'noise', 'hold', 'limits', 'best_cost',
-               'best_actions', 'best_pred')
-"""Inputs of a plan-step graph: z_hist (1, k, D), goal (D,), mean/std/hold (H, A), noise
-(N, H, A), limits (5, A) (``base.project``), best_cost (1,), best_actions (H, A),
-best_pred (H, D)."""
-STEP_OUTPUTS = ('next_mean', 'next_std', 'next_best_cost', 'next_best_actions', 'next_best_pred')
+PLAN_INPUTS = ('z_hist', 'goal', 'mean', 'std', 'noise', 'hold', 'limits')
+"""Inputs of a plan graph: z_hist (1, k, D), goal (D,), mean/std/hold (H, A), noise
+(I, N, H, A), limits (5, A) (``base.project``)."""
+PLAN_OUTPUTS = ('cost', 'actions', 'predicted')
+"""Outputs: the best plan's cost (1,), actions (H, A) and predicted latents (H, D)."""
 
 
-class PlanStepGraph(nn.Module):
-    """``planner.iteration`` on ``model.rollout`` with a latent goal cost: one traceable call."""
+class PlanGraph(nn.Module):
+    """``planner.search`` on ``model.rollout`` with a latent goal cost: one traceable call."""
 
     def __init__(self, model: nn.Module, planner: SamplingPlanner, metric: str,
                  terminal_weight: float, running_weight: float):
@@ -39,19 +38,19 @@ class PlanStepGraph(nn.Module):
         self.terminal_weight = float(terminal_weight)
         self.running_weight = float(running_weight)
 
-    def forward(self, z_hist, goal, mean, std, noise, hold, limits, best_cost, best_actions,
-                best_pred):
+    def forward(self, z_hist, goal, mean, std, noise, hold, limits):
         def cost(predicted, actions):  # (N, H, D) -> (N,)
             return goal_distance(predicted, goal, self.metric, self.terminal_weight,
                                  self.running_weight)
-        return self.planner.iteration(z_hist, self.model.rollout, cost, mean, std, noise, hold,
-                                      limits, best_cost, best_actions, best_pred)
+        return self.planner.search(z_hist, self.model.rollout, cost, mean, std, noise, hold,
+                                   limits)
 
 
-def step_key(planner: SamplingPlanner, cost, horizon: int) -> str:
-    """What a compiled step depends on besides the weights: planner kind and settings, cost."""
+def plan_key(planner: SamplingPlanner, cost, horizon: int) -> str:
+    """What a compiled plan depends on besides the weights: planner kind and settings, cost."""
     cfg = planner.config
     spec = {'planner': planner.name, 'horizon': int(horizon), 'samples': int(cfg.n_samples),
+            'iterations': int(cfg.iterations),
             'n_elites': int(cfg.n_elites),
             'momentum': float(cfg.momentum), 'min_std': float(cfg.min_std),
             'temperature': float(cfg.temperature), 'metric': cost.metric,
@@ -59,9 +58,9 @@ def step_key(planner: SamplingPlanner, cost, horizon: int) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def step_examples(latent_dim: int, action_dim: int, history: int, horizon: int,
-                  samples: int) -> tuple[torch.Tensor, ...]:
-    """Example inputs (in STEP_INPUTS order) for tracing a plan-step graph.
+def plan_examples(latent_dim: int, action_dim: int, history: int, horizon: int,
+                  samples: int, iterations: int) -> tuple[torch.Tensor, ...]:
+    """Example inputs (in PLAN_INPUTS order) for tracing a plan graph.
 
     Shapes are static (the planner's own sample count and horizon): the graph then has no
     shape arithmetic left, and CEM's elite count min(n_elites, N) is fixed anyway.
@@ -71,6 +70,5 @@ def step_examples(latent_dim: int, action_dim: int, history: int, horizon: int,
     inf = torch.full((a,), float('inf'))
     limits = torch.stack([-inf, inf, torch.zeros(a), inf, inf])  # (5, A)
     return (torch.randn(1, history, d, generator=gen), torch.randn(d, generator=gen),
-            torch.zeros(h, a), torch.ones(h, a), torch.randn(samples, h, a, generator=gen),
-            torch.zeros(h, a), limits, torch.full((1,), float('inf')), torch.zeros(h, a),
-            torch.zeros(h, d))
+            torch.zeros(h, a), torch.ones(h, a),
+            torch.randn(iterations, samples, h, a, generator=gen), torch.zeros(h, a), limits)
