@@ -38,6 +38,11 @@ _LOCK_DIR = Path(tempfile.gettempdir()) / 'ami_ros_test_ros_domains'
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'lint: static checks (flake8, pep257, launch files)')
+    # A shell that runs the suite in the background (`make test &`) starts it with SIGINT
+    # ignored, and every node or demo process the tests start would inherit that and ignore
+    # the SIGINT the tests stop them with. Ctrl-C back to normal, here and in the children.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def console_scripts(setup_py: Path = REPO / 'setup.py') -> dict[str, str]:

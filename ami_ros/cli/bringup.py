@@ -129,7 +129,12 @@ def run(args: argparse.Namespace) -> int:
                     f'(scene {args.scene})')
         deadline = time.monotonic() + args.duration if args.duration > 0 else None
         while rclpy.ok() and (deadline is None or time.monotonic() < deadline):
-            executor.spin_once(timeout_sec=0.1)
+            try:
+                executor.spin_once(timeout_sec=0.1)
+            except Exception:
+                if rclpy.ok():
+                    raise
+                break  # a callback ran into the shutdown (SIGINT) half-way: not a failure
     except (KeyboardInterrupt, ExternalShutdownException):
         code = 0
     finally:
