@@ -58,31 +58,55 @@ def console_scripts(setup_py: Path = REPO / 'setup.py') -> dict[str, str]:
     raise AssertionError(f'{setup_py}: no console_scripts entry points found')
 
 
+def _flock_within(f, seconds: float) -> bool:
+    """Block until the exclusive lock on ``f`` is ours, at most ``seconds``; False if not."""
+    def expire(signum, frame):
+        raise TimeoutError
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @contextlib.contextmanager
 def _hold_domain_id(timeout: float = 60.0):
-    """Lock a free domain id in DOMAIN_IDS; other holders of the same lock file skip it."""
+    """Lock a free domain id in DOMAIN_IDS; other holders of the same lock file skip it.
+
+    When every id is held (more parallel sessions than ids), wait for one of them to be
+    released, up to ``timeout``.
+    """
     _LOCK_DIR.mkdir(parents=True, exist_ok=True)
     ids = list(DOMAIN_IDS)
-    deadline = time.monotonic() + timeout
-    while True:
-        random.shuffle(ids)  # spread parallel sessions over the range instead of racing for 1
-        for domain_id in ids:
-            f = open(_LOCK_DIR / f'{domain_id}.lock', 'a')
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                f.close()
-                continue
-            try:
-                yield domain_id
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-                f.close()
-            return
-        if time.monotonic() > deadline:
+    random.shuffle(ids)  # spread parallel sessions over the range instead of racing for 1
+    held = None
+    for domain_id in ids:
+        f = open(_LOCK_DIR / f'{domain_id}.lock', 'a')
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = domain_id, f
+            break
+        except OSError:
+            f.close()
+    if held is None:
+        domain_id = ids[0]
+        f = open(_LOCK_DIR / f'{domain_id}.lock', 'a')
+        if not _flock_within(f, timeout):
+            f.close()
             raise RuntimeError(f'no free ROS_DOMAIN_ID in {DOMAIN_IDS} after {timeout} s '
                                f'(locks in {_LOCK_DIR})')
-        time.sleep(0.2)
+        held = domain_id, f
+    domain_id, f = held
+    try:
+        yield domain_id
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 @pytest.fixture

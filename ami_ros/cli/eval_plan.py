@@ -50,6 +50,31 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'auto'")
 
 
+def load_closed_loop(args, budgets=()):
+    """(plan YAML path, MPC config, eval block, model, checkpoint path, scene) for ``args``.
+
+    The plan YAML (``--config`` or config/plan_<scene>.yaml), the model on ``--backend`` sized
+    for the planner (and the largest of ``budgets``), the scene at the model's image size, and
+    the URDF limits in the MPC config. Raises ValueError/FileNotFoundError/CheckpointError.
+    """
+    from ami_ros.control import load_mpc_config
+    from ami_ros.model.checkpoint import read_checkpoint_config, resolve_checkpoint
+    from ami_ros.paths import config_path
+    from ami_ros.sim import SceneConfig, make_scene
+
+    cfg_file = args.config or config_path(f'plan_{args.scene}.yaml')
+    action_dim = read_checkpoint_config(resolve_checkpoint(args.checkpoint))[0].action_dim
+    mpc, eval_block = load_mpc_config(cfg_file, action_dim)
+    model, image_size, ckpt_path = load_model(
+        args, mpc.planning.horizon, max([mpc.planning.n_samples, *budgets]))
+    scene = make_scene(args.scene, SceneConfig(image_size=image_size, seed=args.seed))
+    if scene.num_joints != model.action_dim:
+        raise ValueError(f'scene {args.scene} has {scene.num_joints} joints, the model '
+                         f'{model.action_dim} action dimensions')
+    mpc = mpc.with_limits(scene.lower, scene.upper, scene.velocity_limit, scene.control_dt)
+    return cfg_file, mpc, eval_block, model, ckpt_path, scene
+
+
 def load_model(args, horizon: int, batch: int):
     """(model, image size, checkpoint path) for ``--backend``.
 
@@ -91,13 +116,10 @@ def _log(message: str) -> None:
 
 
 def run(args) -> int:
-    from ami_ros.control import LatentMPC, load_mpc_config
+    from ami_ros.control import LatentMPC
     from ami_ros.evaluation import plan_eval as pe
     from ami_ros.evaluation.plots import plot_filmstrip, plot_success
-    from ami_ros.model.checkpoint import CheckpointError, read_checkpoint_config, \
-        resolve_checkpoint
-    from ami_ros.paths import config_path
-    from ami_ros.sim import SceneConfig, make_scene
+    from ami_ros.model.checkpoint import CheckpointError
 
     try:
         if args.episodes < 1 or args.threads < 1:
@@ -105,16 +127,8 @@ def run(args) -> int:
                              f'{args.threads}')
         if args.budget and min(args.budget) < 2:
             raise ValueError(f'--budget values must be >= 2 samples, got {args.budget}')
-        cfg_file = args.config or config_path(f'plan_{args.scene}.yaml')
-        action_dim = read_checkpoint_config(resolve_checkpoint(args.checkpoint))[0].action_dim
-        mpc, eval_block = load_mpc_config(cfg_file, action_dim)
-        model, image_size, ckpt_path = load_model(
-            args, mpc.planning.horizon, max([mpc.planning.n_samples, *(args.budget or [])]))
-        scene = make_scene(args.scene, SceneConfig(image_size=image_size, seed=args.seed))
-        if scene.num_joints != model.action_dim:
-            raise ValueError(f'scene {args.scene} has {scene.num_joints} joints, the model '
-                             f'{model.action_dim} action dimensions')
-        mpc = mpc.with_limits(scene.lower, scene.upper, scene.velocity_limit, scene.control_dt)
+        cfg_file, mpc, eval_block, model, ckpt_path, scene = load_closed_loop(
+            args, args.budget or ())
         if args.planner:
             mpc = dataclasses.replace(mpc, planner=args.planner)
         overrides = {'steps': args.steps, 'oracle_episodes': args.oracle_episodes}

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from ami_ros.cli.eval_plan import _clean, _fmt, _log, add_model_arguments, load_model
+from ami_ros.cli.eval_plan import _clean, _fmt, _log, add_model_arguments, load_closed_loop
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -39,26 +39,17 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ami_ros.control import LatentMPC, load_mpc_config
+    from ami_ros.control import LatentMPC
     from ami_ros.evaluation import plan_eval as pe
     from ami_ros.evaluation import surprise_eval as se
     from ami_ros.evaluation.plots import plot_surprise
-    from ami_ros.model.checkpoint import CheckpointError, read_checkpoint_config, \
-        resolve_checkpoint
-    from ami_ros.paths import config_path
-    from ami_ros.sim import SceneConfig, make_scene
+    from ami_ros.model.checkpoint import CheckpointError
 
     try:
         if args.episodes < 1 or args.threads < 1:
             raise ValueError(f'--episodes and --threads must be >= 1, got {args.episodes} and '
                              f'{args.threads}')
-        cfg_file = args.config or config_path(f'plan_{args.scene}.yaml')
-        action_dim = read_checkpoint_config(resolve_checkpoint(args.checkpoint))[0].action_dim
-        mpc, eval_block = load_mpc_config(cfg_file, action_dim)
-        model, image_size, ckpt_path = load_model(args, mpc.planning.horizon,
-                                                  mpc.planning.n_samples)
-        scene = make_scene(args.scene, SceneConfig(image_size=image_size, seed=args.seed))
-        mpc = mpc.with_limits(scene.lower, scene.upper, scene.velocity_limit, scene.control_dt)
+        cfg_file, mpc, eval_block, model, ckpt_path, scene = load_closed_loop(args)
         cfg = se.SurpriseEvalConfig(**({'steps': args.steps} if args.steps else {}))
         ecfg = pe.PlanEvalConfig(**eval_block)
     except (CheckpointError, ValueError, FileNotFoundError, TypeError, RuntimeError) as exc:
