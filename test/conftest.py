@@ -30,6 +30,9 @@ from pathlib import Path
 
 import pytest
 
+# Headless rendering for every test process, whichever module imports MuJoCo first.
+os.environ.setdefault('MUJOCO_GL', 'egl')
+
 REPO = Path(__file__).resolve().parent.parent
 DOMAIN_IDS = range(1, 102)
 """ROS_DOMAIN_ID values tests may use (Fast DDS's port arithmetic allows up to 232)."""
