@@ -33,9 +33,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--steps', type=int, default=None,
                         help='control steps per episode (default: eval.steps of the config)')
     parser.add_argument('--methods', nargs='+', default=['world_model', 'random', 'oracle'],
-                        choices=['world_model', 'random', 'oracle'], help='methods to run')
+                        choices=['world_model', 'random', 'oracle', 'oracle_latent'],
+                        help='methods to run; oracle_latent (a diagnostic, slow: it renders and '
+                             'encodes every candidate step) = the simulator\'s dynamics with the '
+                             'world model\'s latent cost')
     parser.add_argument('--oracle-episodes', type=int, default=None,
-                        help='run the (slow) oracle on only the first N episodes')
+                        help='run the (slow) oracles on only the first N episodes')
     add_model_arguments(parser)
     parser.add_argument('--out', type=Path, default=None,
                         help='directory for the PNGs (default runs/eval-plan/<scene>)')
@@ -148,6 +151,8 @@ def run(args) -> int:
         policies['random'] = pe.RandomPolicy(mpc.planning, seed=args.seed)
     if 'oracle' in args.methods:
         policies['oracle'] = pe.OraclePolicy(scene, mpc, ecfg)
+    if 'oracle_latent' in args.methods:
+        policies['oracle_latent'] = pe.OraclePolicy(scene, mpc, ecfg, model)
     _log(f'eval-plan: {ckpt_path} ({args.backend}) on {args.scene}, {args.episodes} episodes x '
          f'{ecfg.steps} steps, methods {list(policies)}')
     results, goals = pe.evaluate(scene, policies, args.episodes, args.seed, ecfg, log=_log)
@@ -179,8 +184,9 @@ def run(args) -> int:
             goals[0].image, first[0].frames, out / 'filmstrip.png',
             f'{args.scene} episode 1, {name}: {"success" if first[0].success else "failure"}, '
             f'final error {first[0].final_error:.3g}')))
-    if 'oracle' in policies:
-        policies['oracle'].close()
+    for name in ('oracle', 'oracle_latent'):
+        if name in policies:
+            policies[name].close()
     scene.close()
 
     report = {

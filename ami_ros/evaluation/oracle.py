@@ -5,11 +5,18 @@
 ground-truth features of every step; the cost is the distance of those features to the goal
 state's. Each candidate costs H real simulator steps, so the oracle gets a smaller planning
 budget than the world model (see ``eval.oracle`` in ``config/plan_<scene>.yaml``).
+
+With ``observe`` (an encoder, images (M, S, S, 3) uint8 -> latents (M, D)), every step's frame is
+rendered and encoded instead: the simulator's dynamics under the *learned* cost. Set against the
+oracle (true dynamics, true cost) and the world model (learned dynamics, learned cost), it tells
+which of the two learned parts limits planning.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from typing import Callable, Optional
 
 from ami_ros.sim import Scene, SceneConfig, make_scene
 
@@ -37,12 +44,17 @@ def state_features(scene: Scene) -> np.ndarray:
 class TrueDynamics:
     """``dynamics(state, actions)`` for the planners, backed by a private copy of the scene."""
 
-    def __init__(self, name: str, config: SceneConfig):
+    def __init__(self, name: str, config: SceneConfig,
+                 observe: Optional[Callable[[np.ndarray], torch.Tensor]] = None):
         self.scene = make_scene(name, config)
+        self.observe = observe
         self.steps = 0  # simulator steps taken, for the report
 
     def __call__(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """state: (S,) a ``get_state()`` vector; actions (N, H, A) -> features (N, H, F)."""
+        """state: (S,) a ``get_state()`` vector; actions (N, H, A) -> features (N, H, F).
+
+        F = the :func:`state_features`, or the latent size D with ``observe``.
+        """
         s = self.scene
         start = state.detach().cpu().double().numpy()
         acts = actions.detach().cpu().double().numpy()  # (N, H, A)
@@ -53,9 +65,14 @@ class TrueDynamics:
             for a in seq:
                 s.set_target(np.clip(a, s.lower, s.upper))  # float rounding at the bounds
                 s.step()
-                feats.append(state_features(s))
+                feats.append(s.render() if self.observe is not None else state_features(s))
             out.append(feats)
         self.steps += acts.shape[0] * acts.shape[1]
+        n, h = acts.shape[:2]
+        if self.observe is not None:  # (N, H, S, S, 3) frames -> (N, H, D) latents, one batch
+            with torch.no_grad():
+                z = self.observe(np.asarray(out).reshape(n * h, *out[0][0].shape))
+            return torch.as_tensor(z).detach().reshape(n, h, -1).to(actions.dtype)
         return torch.as_tensor(np.asarray(out), dtype=actions.dtype)  # (N, H, F)
 
     def close(self) -> None:

@@ -16,7 +16,11 @@ Methods, each from the same start and goal: ``world_model`` (LatentMPC on the le
 ``random`` (uniform steps within the rate limit, clipped to the bounds) and ``oracle`` (a
 sampling planner, CEM by default, with the same bounds and rate limit on the simulator itself,
 cost = distance of true state features to the goal's; smaller budget, see
-:mod:`ami_ros.evaluation.oracle`).
+:mod:`ami_ros.evaluation.oracle`). A diagnostic fourth, ``oracle_latent``: the oracle's planner and
+budget on the simulator's dynamics, but with the world model's cost (the configured latent metric
+between the encoded frames each candidate would produce and the encoded goal image): the world
+model's cost under perfect dynamics. When ``oracle_latent`` fails like ``world_model``, the
+representation (the cost) limits planning; when it succeeds, the learned dynamics do.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from ami_ros.evaluation.oracle import TrueDynamics, state_features
 from ami_ros.planning import PlannerConfig, latent_goal_cost, make_planner
 from ami_ros.sim import Scene
 
-METHODS = ('world_model', 'random', 'oracle')
+METHODS = ('world_model', 'random', 'oracle', 'oracle_latent')
 
 
 @dataclass
@@ -186,9 +190,13 @@ class RandomPolicy:
 
 
 class OraclePolicy:
-    """The same planner with the simulator as its dynamics (see module docstring)."""
+    """The same planner with the simulator as its dynamics (see module docstring).
 
-    def __init__(self, scene: Scene, mpc: MPCConfig, cfg: PlanEvalConfig):
+    model: None = the true cost (state features); a world model (anything with ``encode``) =
+    its latent goal cost on the frames the simulator renders (``oracle_latent``).
+    """
+
+    def __init__(self, scene: Scene, mpc: MPCConfig, cfg: PlanEvalConfig, model=None):
         self.scene = scene
         self.config = mpc
         planning = dataclasses.replace(
@@ -196,12 +204,20 @@ class OraclePolicy:
             horizon=int(cfg.oracle_horizon),
             n_elites=max(2, min(int(mpc.planning.n_elites), int(cfg.oracle_samples) // 4)))
         self.planner = make_planner(cfg.oracle_planner, planning)
-        self.dynamics = TrueDynamics(scene.name, scene.config)
+        self.model = model
+        self.dynamics = TrueDynamics(scene.name, scene.config,
+                                     None if model is None else model.encode)
         self.cost = None
 
     def begin(self, goal: Goal) -> None:
         self.planner.reset()
-        self.cost = latent_goal_cost(torch.as_tensor(goal.features), 'euclidean',
+        if self.model is None:
+            self.cost = latent_goal_cost(torch.as_tensor(goal.features), 'euclidean',
+                                         self.config.terminal_weight, self.config.running_weight)
+            return
+        with torch.no_grad():
+            z_goal = torch.as_tensor(self.model.encode(goal.image[None]))[0].detach().double()
+        self.cost = latent_goal_cost(z_goal, self.config.metric,
                                      self.config.terminal_weight, self.config.running_weight)
 
     def __call__(self, image, q, stamp, executed) -> tuple[np.ndarray, float]:
@@ -294,7 +310,7 @@ def evaluate(scene: Scene, policies: dict[str, object], episodes: int, seed: int
         goals.append(goal)
         line = []
         for name, policy in policies.items():
-            if name == 'oracle' and cfg.oracle_episodes is not None and \
+            if name.startswith('oracle') and cfg.oracle_episodes is not None and \
                     ep >= int(cfg.oracle_episodes):
                 continue
             reset_to(scene, start, goal)
