@@ -54,6 +54,26 @@ def main(argv=None) -> int:
         return 130
 
 
+def json_clean(obj, digits: int | None = None):
+    """Make a result strict JSON: NaN/inf -> None, numpy scalars -> Python, keys -> str.
+
+    Floats are rounded to ``digits`` decimals when given (tables of timings).
+    """
+    import math
+
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            return None
+        return obj if digits is None else round(obj, digits)
+    if isinstance(obj, dict):
+        return {str(k): json_clean(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_clean(v, digits) for v in obj]
+    if hasattr(obj, 'item') and callable(obj.item):  # numpy / torch scalars
+        return json_clean(obj.item(), digits)
+    return obj
+
+
 def run_standalone(command: str, argv=None) -> int:
     """Run one sub-command as typed after ``ami-ros`` (``python -m ami_ros.cli.<module>``)."""
     return main([command, *(sys.argv[1:] if argv is None else argv)])

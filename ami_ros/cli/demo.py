@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import math
 import os
 import random
 import shutil
@@ -28,6 +27,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ami_ros.cli import json_clean
 
 DOMAIN_IDS = range(102, 233)
 """Random ROS_DOMAIN_ID range when none is set: above the tests' 1..101, within Fast DDS's 232."""
@@ -67,19 +68,6 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _clean(obj):
-    """NaN/inf -> None, numpy scalars -> Python: strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, 'item') and callable(obj.item):
-        return _clean(obj.item())
-    return obj
 
 
 # ---------------------------------------------------------------------------- child processes ---
@@ -591,7 +579,7 @@ def run(args) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    summary = _clean(summary)
+    summary = json_clean(summary)
     (out / ('bench.json' if args.bench else 'demo.json')).write_text(
         json.dumps(summary, indent=1) + '\n')
     if args.json:

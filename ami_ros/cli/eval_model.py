@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
+
+from ami_ros.cli import json_clean
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -30,17 +31,6 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--seed', type=int, default=0, help='seed of window/query sampling')
     parser.add_argument('--json', action='store_true',
                         help='print one JSON object on stdout instead of tables')
-
-
-def _clean(obj):
-    """Replace NaN/inf by None so that the output is strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def run(args) -> int:
@@ -77,7 +67,7 @@ def run(args) -> int:
     result['data'] = [str(p) for p in args.data]
     result['plot'] = str(plot)
     if args.json:
-        json.dump(_clean(result), sys.stdout)
+        json.dump(json_clean(result), sys.stdout)
         sys.stdout.write('\n')
     else:
         print_table(result, file=sys.stdout, title=f'{name}: world model on held-out data')

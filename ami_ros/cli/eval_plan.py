@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 from pathlib import Path
+
+from ami_ros.cli import json_clean
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -99,19 +100,6 @@ def load_model(args, horizon: int, batch: int):
                            planning_batch=batch)
     backend = make_backend(args.backend, args.checkpoint, config)
     return backend, backend.image_size, str(resolve_checkpoint(args.checkpoint))
-
-
-def _clean(obj):
-    """NaN/inf -> None, numpy scalars -> Python: strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, 'item') and callable(obj.item):
-        return _clean(obj.item())
-    return obj
 
 
 def _log(message: str) -> None:
@@ -203,7 +191,7 @@ def run(args) -> int:
                                'eval.coverage_threshold AND DINO-WM pose criterion')},
     }
     if args.json:
-        json.dump(_clean(report), sys.stdout)
+        json.dump(json_clean(report), sys.stdout)
         sys.stdout.write('\n')
     else:
         _print_table(report)

@@ -14,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from ami_ros.cli.eval_plan import _clean, _fmt, _log, add_model_arguments, load_closed_loop
+from ami_ros.cli import json_clean
+from ami_ros.cli.eval_plan import _fmt, _log, add_model_arguments, load_closed_loop
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +81,7 @@ def run(args) -> int:
               'config': {**dataclasses.asdict(cfg), 'episodes': args.episodes, 'seed': args.seed,
                          'belief_gain': mpc.belief.gain, 'plan_config': str(cfg_file)}}
     if args.json:
-        json.dump(_clean(report), sys.stdout)
+        json.dump(json_clean(report), sys.stdout)
         sys.stdout.write('\n')
     else:
         from rich.console import Console
