@@ -182,7 +182,8 @@ class RosProcess:
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # still running; after stop() the file is complete
+            self._log.flush()
         return self.log_path.read_text(errors='replace')
 
     def alive(self) -> bool:

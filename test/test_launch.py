@@ -242,7 +242,8 @@ def test_stack_and_sim_in_separate_processes(ros_node, ros_process, wait_for, tm
     # stamps are sim time (use_sim_time): the commands start "now" (stamp 0)
     assert all(c.header.stamp.sec == 0 and c.header.stamp.nanosec == 0 for c in commands)
 
-    assert stack.stop() == 0, stack.output()[-3000:]
+    rc = stack.stop()
+    assert rc == 0, f'bringup exited {rc} on SIGINT:\n{stack.output()[-3000:]}'
     output = stack.log_path.read_text()
     summary = json.loads(next(line for line in reversed(output.splitlines())
                               if line.startswith('{')))

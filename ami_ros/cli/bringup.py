@@ -90,6 +90,16 @@ def _print_table(summary: dict[str, dict]) -> None:
         print(f'{name:<14} {values["lifecycle"]:<9} {shown}')
 
 
+def _shutting_down(rclpy, within: float = 1.0) -> bool:
+    """Whether the default context is (or, within ``within`` seconds, becomes) shut down."""
+    deadline = time.monotonic() + within
+    while rclpy.ok():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -132,9 +142,11 @@ def run(args: argparse.Namespace) -> int:
             try:
                 executor.spin_once(timeout_sec=0.1)
             except Exception:
-                if rclpy.ok():
+                # A callback that ran into the SIGINT shutdown half-way is not a failure.
+                # rclpy shuts the context down from its signal thread: give it a moment.
+                if not _shutting_down(rclpy):
                     raise
-                break  # a callback ran into the shutdown (SIGINT) half-way: not a failure
+                break
     except (KeyboardInterrupt, ExternalShutdownException):
         code = 0
     finally:
