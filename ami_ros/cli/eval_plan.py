@@ -172,9 +172,9 @@ def run(args) -> int:
             goals[0].image, first[0].frames, out / 'filmstrip.png',
             f'{args.scene} episode 1, {name}: {"success" if first[0].success else "failure"}, '
             f'final error {first[0].final_error:.3g}')))
-    for name in ('oracle', 'oracle_latent'):
-        if name in policies:
-            policies[name].close()
+    for policy in policies.values():
+        if hasattr(policy, 'close'):
+            policy.close()
     scene.close()
 
     report = {

@@ -13,10 +13,10 @@ which of the two learned parts limits planning.
 """
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import numpy as np
 import torch
-
-from typing import Callable, Optional
 
 from ami_ros.sim import Scene, SceneConfig, make_scene
 
@@ -72,7 +72,7 @@ class TrueDynamics:
         if self.observe is not None:  # (N, H, S, S, 3) frames -> (N, H, D) latents, one batch
             with torch.no_grad():
                 z = self.observe(np.asarray(out).reshape(n * h, *out[0][0].shape))
-            return torch.as_tensor(z).detach().reshape(n, h, -1).to(actions.dtype)
+            return torch.as_tensor(z).reshape(n, h, -1).to(actions.dtype)
         return torch.as_tensor(np.asarray(out), dtype=actions.dtype)  # (N, H, F)
 
     def close(self) -> None:

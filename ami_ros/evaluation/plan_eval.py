@@ -216,7 +216,7 @@ class OraclePolicy:
                                          self.config.terminal_weight, self.config.running_weight)
             return
         with torch.no_grad():
-            z_goal = torch.as_tensor(self.model.encode(goal.image[None]))[0].detach().double()
+            z_goal = torch.as_tensor(self.model.encode(goal.image[None]))[0].double()
         self.cost = latent_goal_cost(z_goal, self.config.metric,
                                      self.config.terminal_weight, self.config.running_weight)
 

@@ -424,6 +424,30 @@ class GraphBackend(InferenceBackend):
         """One call of the rollout graph: (B, k, D), (B, H_graph, A), (B, m-1, A) -> (B, H, D)."""
 
 
+def _session_options(ort, config: BackendConfig, spin_within_calls: bool = False):
+    """ONNX Runtime session options for ``config`` (threads, spinning, quiet logs).
+
+    spin_within_calls (plan graphs): the pool spins while a call runs and stops when it
+    returns. A plan is hundreds of small matrix products in sequence, and without spinning each
+    hand-off wakes a sleeping thread (per 300 x 5 CEM iteration on 2 cores: 1.15 ms on one
+    thread, 1.16 ms on two without spinning, 0.77 ms spinning, 0.82 ms spinning only within the
+    call); spinning between calls would steal the cores the rest of the stack needs.
+    ``config.spin_threads`` keeps the pool spinning between calls as well.
+    """
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    if int(config.num_threads) > 0:
+        opts.intra_op_num_threads = int(config.num_threads)
+    spin = bool(config.spin_threads) or spin_within_calls
+    opts.add_session_config_entry('session.intra_op.allow_spinning', '1' if spin else '0')
+    if spin_within_calls and not config.spin_threads:
+        opts.add_session_config_entry('session.force_spinning_stop', '1')
+    opts.log_severity_level = 3  # errors only: warnings about unused initialisers are noise
+    return opts
+
+
 class OnnxRuntimeBackend(GraphBackend):
     """Serves the exported graphs with ONNX Runtime (CPU, or CUDA when its provider exists).
 
@@ -442,22 +466,14 @@ class OnnxRuntimeBackend(GraphBackend):
         device = self._pick_device(ort, config)
         export = ensure_export(source, config)
         spec = export['spec']
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.inter_op_num_threads = 1
-        if int(config.num_threads) > 0:
-            opts.intra_op_num_threads = int(config.num_threads)
-        opts.add_session_config_entry('session.intra_op.allow_spinning',
-                                      '1' if config.spin_threads else '0')
-        opts.log_severity_level = 3  # errors only: warnings about unused initialisers are noise
+        opts = _session_options(ort, config)
         if device.type == 'cuda':
             providers = [('CUDAExecutionProvider', {'device_id': int(device.index or 0)}),
                          'CPUExecutionProvider']
         else:
             providers = ['CPUExecutionProvider']
         self._sessions = {}
-        self._opts, self._providers = opts, providers
+        self._providers = providers
         self._source, self._cache_dir = source, config.cache_dir
         errors = _ort_errors()
         for name, info in export['graphs'].items():
@@ -551,22 +567,7 @@ class OnnxRuntimeBackend(GraphBackend):
         if name not in self._sessions:
             path = export_plan(self._source.model(), planner, cost, h, self._cache_dir,
                                self.sha256)
-            opts = self._ort.SessionOptions()
-            opts.graph_optimization_level = self._opts.graph_optimization_level
-            opts.execution_mode = self._opts.execution_mode
-            opts.log_severity_level = self._opts.log_severity_level
-            # The pool spins while a call runs and stops when it returns: a plan is hundreds
-            # of small matrix products in sequence, and without spinning each hand-off wakes a
-            # sleeping thread (per 300 x 5 CEM iteration on 2 cores: 1.15 ms on one thread,
-            # 1.16 ms on two without spinning, 0.77 ms spinning, 0.82 ms spinning only
-            # within the call); spinning between calls would steal the cores the rest of the
-            # stack needs. spin_threads: true keeps it spinning between calls as well.
-            if int(self.config.num_threads) > 0:
-                opts.intra_op_num_threads = int(self.config.num_threads)
-            opts.inter_op_num_threads = 1
-            opts.add_session_config_entry('session.intra_op.allow_spinning', '1')
-            opts.add_session_config_entry('session.force_spinning_stop',
-                                          '0' if self.config.spin_threads else '1')
+            opts = _session_options(self._ort, self.config, spin_within_calls=True)
             try:
                 self._sessions[name] = self._ort.InferenceSession(str(path), opts,
                                                                   providers=self._providers)

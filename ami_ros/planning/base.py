@@ -74,11 +74,9 @@ class SamplingPlanner:
         predicted, costs = _evaluate(self.name, state, samples, dynamics, cost)
         i = torch.argmin(costs)  # () lowest cost; ties go to the first (the mean)
         lowest = costs.min().reshape(1)  # (1,)
-        better = lowest < best_cost  # (1,) strictly better replaces the best
-        best_cost = torch.where(better, lowest, best_cost)  # (1,)
-        best_actions = torch.where(better, samples[i], best_actions)  # (H, A)
-        best_pred = predicted[i] if best_pred is None else torch.where(
-            better, predicted[i], best_pred)  # (H, ...)
+        best_cost, best_actions, best_pred = _keep_best(
+            lowest < best_cost, lowest, samples[i], predicted[i],  # strictly better wins
+            best_cost, best_actions, best_pred)
         mean, std = self._refit(mean, std, samples, costs)  # (H, A), (H, A)
         return mean, std, best_cost, best_actions, best_pred
 
@@ -99,12 +97,8 @@ class SamplingPlanner:
         # the final mean, evaluated once; it wins a tie (smoother)
         final = project(mean[None], limits)  # (1, H, A)
         predicted, costs = _evaluate(self.name, state, final, dynamics, cost)
-        better = costs[:1] <= best_cost  # (1,)
-        best_cost = torch.where(better, costs[:1], best_cost)  # (1,)
-        best_actions = torch.where(better, final[0], best_actions)  # (H, A)
-        best_pred = predicted[0] if best_pred is None else torch.where(
-            better, predicted[0], best_pred)  # (H, ...)
-        return best_cost, best_actions, best_pred
+        return _keep_best(costs[:1] <= best_cost, costs[:1], final[0], predicted[0],
+                          best_cost, best_actions, best_pred)
 
     def plan(self, state: torch.Tensor, dynamics: Dynamics, cost: Cost,
              prev_plan: Optional[torch.Tensor] = None,
@@ -196,6 +190,17 @@ class _Constraints:
     def project(self, actions: torch.Tensor) -> torch.Tensor:
         """Clamp (N, H, A) sequences into bounds and rate limits (see :func:`project`)."""
         return project(actions, self.limits())
+
+
+def _keep_best(better, cost, actions, predicted, best_cost, best_actions, best_pred):
+    """Return the candidate where ``better`` (1,) holds, else the best so far.
+
+    cost (1,), actions (H, A), predicted (H, ...); best_pred None: no best yet. Tensor
+    operations only (graph-traceable).
+    """
+    best_pred = predicted if best_pred is None else torch.where(better, predicted, best_pred)
+    return (torch.where(better, cost, best_cost), torch.where(better, actions, best_actions),
+            best_pred)
 
 
 def project(actions: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
