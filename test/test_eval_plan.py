@@ -150,9 +150,12 @@ def test_true_dynamics_observe_encodes_the_frames_the_simulator_renders():
 def test_eval_plan_oracle_latent_smoke(tmp_path, capsys):
     ckpt = tiny_arm_checkpoint(tmp_path)
     rc, out, err = run_cli(['eval-plan', '--checkpoint', str(ckpt), '--scene', 'arm_reach',
-                            '--episodes', '1', '--steps', '2', '--threads', '1', '--json',
-                            '--methods', 'oracle_latent', '--out', str(tmp_path / 'plots')],
-                           capsys)
+                            '--episodes', '2', '--oracle-episodes', '1', '--steps', '2',
+                            '--threads', '1', '--json', '--methods', 'oracle_latent', 'random',
+                            '--out', str(tmp_path / 'plots')], capsys)
     assert rc == 0, err
-    m = json.loads(out)['methods']['oracle_latent']
+    methods = json.loads(out)['methods']
+    m = methods['oracle_latent']
     assert len(m['success_vs_step']) == 2 and m['final_error'] >= 0.0 and m['plan_ms_p50'] > 0
+    # --oracle-episodes limits the policies that step the simulator, not the others
+    assert m['episodes'] == 1 and methods['random']['episodes'] == 2

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -196,6 +197,9 @@ class OraclePolicy:
     its latent goal cost on the frames the simulator renders (``oracle_latent``).
     """
 
+    steps_the_simulator = True
+    """Each plan steps private copies of the simulator (slow): ``eval.oracle_episodes`` limits it."""
+
     def __init__(self, scene: Scene, mpc: MPCConfig, cfg: PlanEvalConfig, model=None):
         self.scene = scene
         self.config = mpc
@@ -221,7 +225,6 @@ class OraclePolicy:
                                      self.config.terminal_weight, self.config.running_weight)
 
     def __call__(self, image, q, stamp, executed) -> tuple[np.ndarray, float]:
-        import time
         t0 = time.perf_counter()
         hold = np.clip(q, self.scene.lower, self.scene.upper)
         result = self.planner.plan(torch.as_tensor(self.scene.get_state()), self.dynamics,
@@ -310,8 +313,8 @@ def evaluate(scene: Scene, policies: dict[str, object], episodes: int, seed: int
         goals.append(goal)
         line = []
         for name, policy in policies.items():
-            if name.startswith('oracle') and cfg.oracle_episodes is not None and \
-                    ep >= int(cfg.oracle_episodes):
+            if getattr(policy, 'steps_the_simulator', False) and \
+                    cfg.oracle_episodes is not None and ep >= int(cfg.oracle_episodes):
                 continue
             reset_to(scene, start, goal)
             r = run_episode(scene, policy, goal, cfg, record=(ep == record_episode))
