@@ -218,6 +218,32 @@ def test_belief_resets_to_the_observation_on_divergence(fitted):
     assert rmse(plain[after], x[after]) > 1.0  # a constant-gain filter takes many steps
 
 
+def test_gating_ignores_corrupt_frames_and_resets_on_lasting_change(fitted):
+    monitor = SurpriseMonitor()
+    monitor.calibrate(_normal_errors(fitted, seed=10))
+    gate = BeliefConfig(gain=fitted.gain, dt=DT, gate_threshold=monitor.threshold,
+                        gate_max_frames=4)
+    # frames 40-42 corrupted (a camera glitch), the truth goes on undisturbed
+    x, z, a = simulate(100, seed=12)
+    bad = z.clone()
+    bad[40:43] += 5.0
+    gated, steps = run_filter(BeliefFilter(gate, predict, surprise=monitor), bad, a)
+    plain, _ = run_filter(BeliefFilter(BeliefConfig(gain=fitted.gain, dt=DT), predict), bad, a)
+    assert [i + 1 for i, s in enumerate(steps) if s.reason == 'gated'] == [40, 41, 42]
+    glitch = slice(40, 46)
+    assert rmse(gated[glitch], x[glitch]) < 0.2  # the model's prediction carried the belief
+    assert rmse(plain[glitch], x[glitch]) > 1.0
+    # every corrupted frame stays surprising (compared with the prediction, not a dragged belief)
+    assert min(steps[i].surprise for i in (39, 40, 41)) > monitor.threshold
+    # a lasting change: gated gate_max_frames times, then the belief resets to it
+    x, z, a = simulate(100, seed=11, jump_at=60)
+    held, steps = run_filter(BeliefFilter(gate, predict, surprise=monitor), z, a)
+    reasons = [s.reason for s in steps[58:66]]
+    assert reasons == ['fused', 'gated', 'gated', 'gated', 'gated', 'reset', 'fused', 'fused']
+    after = slice(66, 70)
+    assert rmse(held[after], x[after]) < 0.2
+
+
 def test_bad_configuration_is_named():
     with pytest.raises(ValueError, match=r'gain\[1\]'):
         BeliefConfig(gain=(0.5, 1.5))
@@ -225,6 +251,10 @@ def test_bad_configuration_is_named():
         BeliefConfig(dt=0.0)
     with pytest.raises(ValueError, match='reset_threshold is set'):
         BeliefFilter(BeliefConfig(reset_threshold=3.0), predict)
+    with pytest.raises(ValueError, match='gate_threshold is set'):
+        BeliefFilter(BeliefConfig(gate_threshold=3.0), predict)
+    with pytest.raises(ValueError, match='gate_max_frames'):
+        BeliefConfig(gate_max_frames=-1)
     with pytest.raises(ValueError, match='statistic'):
         SurpriseConfig(statistic='mode')
     with pytest.raises(ValueError, match='at least 3 steps|T >= 3'):

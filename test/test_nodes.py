@@ -513,6 +513,15 @@ def test_parameters_are_validated(stack, rclpy_context, tiny_arm_model):
         'trajectory'
     assert set_(stale_timeout=0.5).successful and planner.watchdog.timeout == 0.5
     assert set_(horizon=6).successful and planner.mpc.config.planning.horizon == 6
+    # the world model's belief settings apply at run time too
+    world = stack(WorldModelNode)
+    wset = lambda **v: world.set_parameters([Parameter(k, value=x) for k, x in v.items()])[0]
+    result = wset(gate_threshold=-1.0)
+    assert not result.successful and 'gate_threshold' in result.reason
+    assert world.filter.config.gate_threshold is None
+    assert wset(gate_threshold=6.0, gate_max_frames=3, reset_threshold=20.0).successful
+    cfg = world.filter.config
+    assert (cfg.gate_threshold, cfg.gate_max_frames, cfg.reset_threshold) == (6.0, 3, 20.0)
     # bad start-up values: ValueError naming the parameter
     with pytest.raises(ValueError, match="'output' must be one of"):
         PlannerNode(context=rclpy_context,

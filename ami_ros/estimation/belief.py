@@ -9,6 +9,11 @@ observation's stamp by a constant gain K, ``z = z_pred + K * (z_obs - z_pred)`` 
   again through the commands sent since (a short history of steps is kept);
 - a frame stamped ahead of the belief first advances the belief with the command in force;
 - a NaN frame is rejected, the belief keeps predicting;
+- an observation whose surprise exceeds ``gate_threshold`` is not fused (innovation gating, as
+  Kalman filters reject outliers): an occluded or corrupt frame does not drag the belief, and
+  the next frames are still compared with the model's prediction; after ``gate_max_frames``
+  gated observations in a row the world really changed, and the belief resets to the
+  observation (reset on divergence);
 - when the surprise of an observation exceeds ``reset_threshold`` the belief resets to it.
 
 K is tuned on logs by ``fit_gain``: per-dimension process noise Q and observation noise R are
@@ -50,6 +55,11 @@ class BeliefConfig:
     reset_threshold: Optional[float] = None
     """Surprise score above which the belief resets to the observation (needs a monitor);
     None = never reset."""
+    gate_threshold: Optional[float] = None
+    """Surprise score above which an observation is not fused, the belief keeps the model's
+    prediction (needs a monitor); None = fuse every observation."""
+    gate_max_frames: int = 5
+    """Observations gated in a row after which the next gated one resets the belief to it."""
 
     def __post_init__(self):
         gains = (self.gain,) if isinstance(self.gain, (int, float)) else tuple(self.gain)
@@ -69,6 +79,10 @@ class BeliefConfig:
             raise ValueError(f'max_advance must be >= 0, got {self.max_advance}')
         if self.reset_threshold is not None and not float(self.reset_threshold) > 0.0:
             raise ValueError(f'reset_threshold must be > 0 or None, got {self.reset_threshold}')
+        if self.gate_threshold is not None and not float(self.gate_threshold) > 0.0:
+            raise ValueError(f'gate_threshold must be > 0 or None, got {self.gate_threshold}')
+        if int(self.gate_max_frames) < 0:
+            raise ValueError(f'gate_max_frames must be >= 0, got {self.gate_max_frames}')
 
     @property
     def tolerance(self) -> float:
@@ -84,7 +98,7 @@ class FilterStep:
     stamp: Optional[float]
     """Stamp of the belief, seconds."""
     reason: str
-    """'init', 'fused', 'late', 'reset', 'reset_stale', 'predicted', 'nan_prediction',
+    """'init', 'fused', 'late', 'gated', 'reset', 'reset_stale', 'predicted', 'nan_prediction',
     'rejected_nan', 'rejected_old', 'uninitialized'."""
     error: Optional[float] = None
     """RMS of the innovation z_obs - z_pred at the observation's stamp (fused observations)."""
@@ -109,13 +123,15 @@ class BeliefFilter:
 
     def __init__(self, config: BeliefConfig, predict: Predict,
                  surprise: Optional[SurpriseMonitor] = None):
-        if config.reset_threshold is not None and surprise is None:
-            raise ValueError('reset_threshold is set but no SurpriseMonitor was given')
+        for name in ('reset_threshold', 'gate_threshold'):
+            if getattr(config, name) is not None and surprise is None:
+                raise ValueError(f'{name} is set but no SurpriseMonitor was given')
         self.config = config
         self.predict_fn = predict
         self.surprise = surprise
         self._gain = torch.as_tensor(config.gain, dtype=torch.float64)  # () or (D,)
         self._steps: deque[_Step] = deque(maxlen=int(config.history))
+        self._gated = 0  # observations gated in a row
 
     @property
     def z(self) -> Optional[torch.Tensor]:
@@ -138,6 +154,7 @@ class BeliefFilter:
         if z is None:
             raise ValueError('cannot reset the belief to a latent with NaN/inf')
         self._steps.clear()
+        self._gated = 0
         self._steps.append(_Step(float(stamp), z, z, obs=z, reset=True))
         return FilterStep(z, float(stamp), 'init')
 
@@ -182,15 +199,20 @@ class BeliefFilter:
         innovation = obs - step.prior
         error = float(innovation.double().pow(2).mean().sqrt())
         score = self.surprise.update(error) if self.surprise is not None else None
-        threshold = self.config.reset_threshold
-        step.obs, step.reset = obs, threshold is not None and score > float(threshold)
-        step.post = self._fuse(step.prior, obs, step.reset)
+        threshold, gate = self.config.reset_threshold, self.config.gate_threshold
+        reset = threshold is not None and score > float(threshold)
+        gated = not reset and gate is not None and score > float(gate)
+        if gated and self._gated >= int(self.config.gate_max_frames):
+            gated, reset = False, True  # diverged: the world is not what the model predicts
+        self._gated = self._gated + 1 if gated else 0
+        step.obs, step.reset = (None if gated else obs), reset
+        step.post = step.prior if gated else self._fuse(step.prior, obs, reset)
         lag = len(self._steps) - 1 - k
         for i in range(k + 1, len(self._steps)):  # roll forward through the commands since
             prev, cur = self._steps[i - 1], self._steps[i]
             cur.prior, _ = self._step_model(prev.post, prev.action)
             cur.post = cur.prior if cur.obs is None else self._fuse(cur.prior, cur.obs, cur.reset)
-        reason = 'reset' if step.reset else ('late' if lag else 'fused')
+        reason = 'reset' if reset else 'gated' if gated else ('late' if lag else 'fused')
         return FilterStep(self.z, self.stamp, reason, error, score, lag)
 
     def _fuse(self, prior: torch.Tensor, obs: torch.Tensor, reset: bool) -> torch.Tensor:

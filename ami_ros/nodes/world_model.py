@@ -67,6 +67,11 @@ class WorldModelNodeConfig(ModelNodeConfig):
     """Recent innovations the typical one is the median of."""
     reset_threshold: float = 0.0
     """Surprise above which the belief restarts from the frame (0 = never)."""
+    gate_threshold: float = 0.0
+    """Surprise above which a frame is not fused, the belief keeps the model's prediction: an
+    occluded or corrupt frame does not drag the belief (0 = fuse every frame)."""
+    gate_max_frames: int = 5
+    """Frames gated in a row after which the next surprising one restarts the belief."""
     joint_names: tuple[str, ...] = ()
     """Joints of the action vector, in the model's order; empty = the URDF's actuated joints."""
     urdf: str = ''
@@ -81,9 +86,9 @@ class WorldModelNodeConfig(ModelNodeConfig):
         bad = [f for f in self.twist_fields if f not in TWIST_FIELDS]
         if bad:
             raise ValueError(f'twist_fields {bad} are not Twist fields {list(TWIST_FIELDS)}')
-        if self.reset_threshold and self.reset_threshold <= 0.0:
-            raise ValueError(f'reset_threshold must be > 0 or 0 (off), got '
-                             f'{self.reset_threshold}')
+        for name in ('reset_threshold', 'gate_threshold'):
+            if getattr(self, name) < 0.0:
+                raise ValueError(f'{name} must be > 0 or 0 (off), got {getattr(self, name)}')
 
 
 def joint_names_for(config) -> tuple[str, ...]:
@@ -105,12 +110,14 @@ class WorldModelNode(ModelNode):
             'rate_hz': (0.5, 1000.0), 'gain': (0.0, 1.0), 'history': (1, 1000),
             'max_advance': (0, 1000), 'max_predict_steps': (1, 100000),
             'surprise_threshold': (0.01, 1e6), 'surprise_window': (1, 100000),
-            'reset_threshold': (0.0, 1e6)},
+            'reset_threshold': (0.0, 1e6), 'gate_threshold': (0.0, 1e6),
+            'gate_max_frames': (0, 1000)},
             read_only=('rate_hz', 'history', 'surprise_window', 'joint_names', 'urdf'), **kwargs)
         self.in_rate, self.out_rate = RateMeter(), RateMeter()
         self.latency = LatencyStats()
-        self.counts = {k: 0 for k in ('latents', 'fused', 'late', 'predicted', 'rejected_old',
-                                      'rejected_nan', 'resets', 'surprising', 'commands')}
+        self.counts = {k: 0 for k in ('latents', 'fused', 'late', 'gated', 'predicted',
+                                      'rejected_old', 'rejected_nan', 'resets', 'surprising',
+                                      'commands')}
         self.filter: BeliefFilter | None = None
 
     # -- configure ------------------------------------------------------------------------------
@@ -122,10 +129,7 @@ class WorldModelNode(ModelNode):
         self.monitor = SurpriseMonitor(SurpriseConfig(
             window=config.surprise_window, min_count=min(10, config.surprise_window),
             threshold=config.surprise_threshold))
-        self.filter = BeliefFilter(BeliefConfig(
-            gain=config.gain, dt=self._dt, history=config.history,
-            max_advance=config.max_advance,
-            reset_threshold=config.reset_threshold or None), self._predict, self.monitor)
+        self.filter = BeliefFilter(self._belief_config(config), self._predict, self.monitor)
         self._commands: list[tuple[float, np.ndarray]] = []  # (time, action) oldest first
         self._measured: np.ndarray | None = None
         self._pose_probes = sorted(n[:-len('_position')] for n in self.model.probe_names
@@ -146,10 +150,17 @@ class WorldModelNode(ModelNode):
     def teardown(self) -> None:
         self.filter = None
 
+    def _belief_config(self, config: WorldModelNodeConfig) -> BeliefConfig:
+        return BeliefConfig(
+            gain=config.gain, dt=self._dt, history=config.history,
+            max_advance=config.max_advance, reset_threshold=config.reset_threshold or None,
+            gate_threshold=config.gate_threshold or None, gate_max_frames=config.gate_max_frames)
+
     def on_params(self, old, new) -> None:
-        if self.filter is not None and new.gain != old.gain:
-            self.filter.set_gain(new.gain)
         if self.filter is not None:
+            self.filter.config = self._belief_config(new)
+            if new.gain != old.gain:
+                self.filter.set_gain(new.gain)
             self.monitor.threshold = float(new.surprise_threshold)
 
     # -- the model step the filter calls --------------------------------------------------------
