@@ -515,7 +515,10 @@ def test_parameters_are_validated(stack, rclpy_context, tiny_arm_model):
     assert set_(horizon=6).successful and planner.mpc.config.planning.horizon == 6
     # the world model's belief settings apply at run time too
     world = stack(WorldModelNode)
-    wset = lambda **v: world.set_parameters([Parameter(k, value=x) for k, x in v.items()])[0]
+
+    def wset(**values):
+        return world.set_parameters([Parameter(k, value=v) for k, v in values.items()])[0]
+
     result = wset(gate_threshold=-1.0)
     assert not result.successful and 'gate_threshold' in result.reason
     assert world.filter.config.gate_threshold is None

@@ -198,7 +198,7 @@ class OraclePolicy:
     """
 
     steps_the_simulator = True
-    """Each plan steps private copies of the simulator (slow): ``eval.oracle_episodes`` limits it."""
+    """Each plan steps private copies of the simulator (slow): ``oracle_episodes`` limits it."""
 
     def __init__(self, scene: Scene, mpc: MPCConfig, cfg: PlanEvalConfig, model=None):
         self.scene = scene
