@@ -16,6 +16,9 @@ from pathlib import Path
 
 from ami_ros.cli import json_clean
 
+METHODS = ('world_model', 'random', 'oracle', 'oracle_latent')
+"""What eval-plan can run side by side; the first three by default."""
+
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--checkpoint', required=True,
@@ -33,8 +36,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                              'samples per iteration (default: only the config\'s)')
     parser.add_argument('--steps', type=int, default=None,
                         help='control steps per episode (default: eval.steps of the config)')
-    parser.add_argument('--methods', nargs='+', default=['world_model', 'random', 'oracle'],
-                        choices=['world_model', 'random', 'oracle', 'oracle_latent'],
+    parser.add_argument('--methods', nargs='+', default=list(METHODS[:3]), choices=METHODS,
                         help='methods to run; oracle_latent (a diagnostic, slow: it renders and '
                              'encodes every candidate step) = the simulator\'s dynamics with the '
                              'world model\'s latent cost')

@@ -22,6 +22,7 @@ K = P / (P + R), then refined by a line search on the one-step prediction error 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -123,15 +124,24 @@ class BeliefFilter:
 
     def __init__(self, config: BeliefConfig, predict: Predict,
                  surprise: Optional[SurpriseMonitor] = None):
-        for name in ('reset_threshold', 'gate_threshold'):
-            if getattr(config, name) is not None and surprise is None:
-                raise ValueError(f'{name} is set but no SurpriseMonitor was given')
-        self.config = config
         self.predict_fn = predict
         self.surprise = surprise
-        self._gain = torch.as_tensor(config.gain, dtype=torch.float64)  # () or (D,)
+        self.config = config
         self._steps: deque[_Step] = deque(maxlen=int(config.history))
         self._gated = 0  # observations gated in a row
+
+    @property
+    def config(self) -> BeliefConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: BeliefConfig) -> None:
+        """Take new settings (the gain with them); ``history`` only applies to a new filter."""
+        for name in ('reset_threshold', 'gate_threshold'):
+            if getattr(config, name) is not None and self.surprise is None:
+                raise ValueError(f'{name} is set but no SurpriseMonitor was given')
+        self._config = config
+        self._gain = torch.as_tensor(config.gain, dtype=torch.float64)  # () or (D,)
 
     @property
     def z(self) -> Optional[torch.Tensor]:
@@ -146,7 +156,8 @@ class BeliefFilter:
         g = torch.as_tensor(gain, dtype=torch.float64)
         if g.dim() > 1 or not bool(((g >= 0) & (g <= 1)).all()):
             raise ValueError(f'gain must be a scalar or (D,) in [0, 1], got {g.tolist()}')
-        self._gain = g
+        self.config = dataclasses.replace(self._config, gain=g.item() if g.dim() == 0
+                                          else tuple(g.tolist()))
 
     def reset(self, z: torch.Tensor, stamp: float) -> FilterStep:
         """Start again from an observed latent."""

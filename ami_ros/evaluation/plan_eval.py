@@ -39,8 +39,6 @@ from ami_ros.evaluation.oracle import TrueDynamics, state_features
 from ami_ros.planning import PlannerConfig, latent_goal_cost, make_planner
 from ami_ros.sim import Scene
 
-METHODS = ('world_model', 'random', 'oracle', 'oracle_latent')
-
 
 @dataclass
 class PlanEvalConfig:

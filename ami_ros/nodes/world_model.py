@@ -158,9 +158,7 @@ class WorldModelNode(ModelNode):
 
     def on_params(self, old, new) -> None:
         if self.filter is not None:
-            self.filter.config = self._belief_config(new)
-            if new.gain != old.gain:
-                self.filter.set_gain(new.gain)
+            self.filter.config = self._belief_config(new)  # the gain with the rest
             self.monitor.threshold = float(new.surprise_threshold)
 
     # -- the model step the filter calls --------------------------------------------------------
