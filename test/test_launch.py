@@ -239,6 +239,26 @@ def test_stack_and_sim_in_separate_processes(ros_node, ros_process, wait_for, tm
     assert wait_for(lambda: np.abs(np.array(joints[-1].position) - q0).max() > 0.02, 20.0)
     planner = status('/planner')
     assert planner['state'] == 'planning', planner
+
+    # Two ordinary messages that once killed the whole process (issue: a rejected goal logged
+    # as ERROR, then a gripper's own JointState logged as WARN from the same logging line):
+    # the stack logs both, reports them and keeps commanding the robot.
+    bad_goal = PoseStamped()
+    bad_goal.header.frame_id = 'world'
+    bad_goal.pose.position.x = float('nan')
+    goal_pub.publish(bad_goal)
+    gripper = ros_node.create_publisher(JointState, 'joint_states', 10)
+    errors_before = int(status('/planner').get('errors', 0))
+    assert wait_for(lambda: int(status('/planner').get('errors', 0)) > errors_before, 10.0), \
+        status('/planner')
+    for _ in range(3):
+        gripper.publish(JointState(name=['gripper_finger_joint'], position=[0.01]))
+        goal_pub.publish(bad_goal)
+    accepted = int(status('sim')['accepted_commands'])
+    assert wait_for(lambda: int(status('sim').get('accepted_commands', 0)) >= accepted + 10,
+                    30.0), f'commands stopped after the bad messages:\n{stack.output()[-3000:]}'
+    assert stack.alive(), stack.output()[-3000:]
+    assert 'severity cannot be changed' not in stack.output()
     # stamps are sim time (use_sim_time): the commands start "now" (stamp 0)
     assert all(c.header.stamp.sec == 0 and c.header.stamp.nanosec == 0 for c in commands)
 

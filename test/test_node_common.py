@@ -15,8 +15,8 @@ from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
 from ami_ros.nodes.common import (ConfigParameters, RateMeter, ThrottledLog,  # noqa: E402
-                                  camera_info_msg, diagnostic_status, field_docs, image_to_msg,
-                                  msg_to_image, seconds, time_msg)
+                                  camera_info_msg, diagnostic_status, field_docs, guarded,
+                                  image_to_msg, msg_to_image, seconds, time_msg)
 from ami_ros.nodes.sim import SimNodeConfig, TrajectoryFollower  # noqa: E402
 
 
@@ -125,6 +125,38 @@ def test_throttled_log_holds_repeats_per_key_and_counts_them():
     clock.t += 1.5
     assert log.log('a', 'fourth a')
     assert lines == ['first a', 'first b', 'fourth a (2 more like this in the last 1.5 s)']
+
+
+def test_throttled_logs_of_every_severity_share_a_real_rclpy_logger():
+    """One call site logging at two severities makes rclpy raise: ThrottledLog never does it."""
+    import rclpy.logging
+
+    logger = rclpy.logging.get_logger('ami_ros_test_throttled')
+    logs = [ThrottledLog(logger, period_sec=0.0, severity=s)
+            for s in ('error', 'warning', 'info', 'debug', 'fatal')]
+    for _ in range(3):  # every order, several times: the rclpy context of each site persists
+        for log in logs + logs[::-1]:
+            assert log.log('k', 'a message')
+
+
+def test_guarded_callbacks_report_and_survive():
+    errors = []
+
+    def callback(msg):
+        raise RuntimeError(f'bad {msg}')
+
+    safe = guarded(callback, lambda key, message: errors.append((key, message)), 'joint_states')
+    assert safe('x') is None
+    assert errors == [('callback:joint_states',
+                       'joint_states failed, input dropped: RuntimeError: bad x')]
+    assert guarded(lambda m: m * 2, lambda *a: errors.append(a))(4) == 8  # a result passes through
+
+    from std_srvs.srv import Trigger
+
+    def service(request, response):
+        raise ValueError('no')
+    response = Trigger.Response()
+    assert guarded(service, lambda *a: None)(Trigger.Request(), response) is response
 
 
 # -- parameters from a dataclass ------------------------------------------------------------------

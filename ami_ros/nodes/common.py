@@ -9,6 +9,8 @@ Nodes stay thin by doing all their ROS glue through these:
 * :class:`ThrottledLog`: at most one log line per reason and period, counting what it held back
   (rclpy's own ``throttle_duration_sec`` throttles per call site, so two different problems
   logged from one line would hide each other).
+* :func:`guarded`: a callback wrapper that turns an exception into a logged, counted error, so
+  no callback can take its process down.
 * :class:`ConfigParameters`: ROS parameters declared from a component's dataclass config (the
   field docstrings become descriptions), validated by that dataclass, bad runtime changes
   rejected in an on-set-parameters callback.
@@ -21,6 +23,7 @@ import ast
 import array
 import collections
 import dataclasses
+import functools
 import inspect
 import math
 import textwrap
@@ -202,6 +205,34 @@ def diagnostic_status(name: str, hardware_id: str, level: int | bytes, message: 
         values=[KeyValue(key=str(k), value=_format_value(v)) for k, v in values.items()])
 
 
+# rclpy remembers the severity of each logging call site (file, line) and raises ValueError when
+# one site logs at another severity ("Logger severity cannot be changed between calls."). Every
+# severity therefore gets a call site of its own: an error and a warning through ThrottledLog can
+# never share one, whatever the mix.
+def _emit_debug(logger, message: str) -> None:
+    logger.debug(message)
+
+
+def _emit_info(logger, message: str) -> None:
+    logger.info(message)
+
+
+def _emit_warning(logger, message: str) -> None:
+    logger.warning(message)
+
+
+def _emit_error(logger, message: str) -> None:
+    logger.error(message)
+
+
+def _emit_fatal(logger, message: str) -> None:
+    logger.fatal(message)
+
+
+_EMITTERS = {'debug': _emit_debug, 'info': _emit_info, 'warning': _emit_warning,
+             'error': _emit_error, 'fatal': _emit_fatal}
+
+
 class ThrottledLog:
     """Log at most once per ``period_sec`` per key; the next line says how many were held back.
 
@@ -215,7 +246,7 @@ class ThrottledLog:
             raise ValueError(f'period_sec must be >= 0, got {period_sec}')
         if severity not in ('debug', 'info', 'warning', 'error', 'fatal'):
             raise ValueError(f'unknown severity {severity!r}')
-        self._emit = getattr(logger, severity)
+        self._emit = functools.partial(_EMITTERS[severity], logger)
         self.period_sec = float(period_sec)
         self._clock = clock
         self._last: dict[str, float] = {}
@@ -233,6 +264,29 @@ class ThrottledLog:
         self._last[key] = now
         self._emit(f'{message}{suffix}')
         return True
+
+
+def guarded(callback: Callable, on_error: Callable[[str, str], None], name: str = '') -> Callable:
+    """``callback`` that never raises: an exception goes to ``on_error(key, message)`` instead.
+
+    rclpy lets an exception in a subscription, timer or service callback out of ``spin()``, which
+    ends the process (and every node of ``ami-ros bringup`` with it). Wrapped, the node logs the
+    error once per period (``on_error`` is throttled per key), counts it on ``/diagnostics`` and
+    keeps running; a service returns its default response.
+    """
+    label = name or getattr(callback, '__name__', 'callback')
+
+    @functools.wraps(callback)
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the point: nothing escapes a callback
+            on_error(f'callback:{label}', f'{label} failed, input dropped: '
+                                          f'{type(exc).__name__}: {exc}')
+            if len(args) >= 2 and hasattr(args[-1], 'get_fields_and_field_types'):
+                return args[-1]  # a service callback (request, response): the default response
+            return None
+    return wrapper
 
 
 # ------------------------------------------------------------------------------------------------

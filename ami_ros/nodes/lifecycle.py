@@ -30,7 +30,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from sensor_msgs.msg import Image
 
 from ami_ros.nodes.common import (ConfigParameters, RateMeter, ThrottledLog, diagnostic_status,
-                                  image_to_msg, msg_to_image, run_node, seconds)
+                                  guarded, image_to_msg, msg_to_image, run_node, seconds)
 from ami_ros.sim import SCENES
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
@@ -226,19 +226,23 @@ class ModelNode(LifecycleNode):
         return pub
 
     def subscription(self, msg_type, topic: str, callback, qos=10):
-        sub = self.create_subscription(msg_type, topic, callback, qos)
+        sub = self.create_subscription(msg_type, topic, self.guard(callback, topic), qos)
         self._entities.append((self.destroy_subscription, sub))
         return sub
 
     def timer(self, period: float, callback, clock=None):
-        timer = self.create_timer(period, callback, clock=clock)
+        timer = self.create_timer(period, self.guard(callback), clock=clock)
         self._entities.append((self.destroy_timer, timer))
         return timer
 
     def service(self, srv_type, name: str, callback):
-        srv = self.create_service(srv_type, name, callback)
+        srv = self.create_service(srv_type, name, self.guard(callback, name))
         self._entities.append((self.destroy_service, srv))
         return srv
+
+    def guard(self, callback, name: str = ''):
+        """``callback`` whose exceptions are logged, counted on /diagnostics and survived."""
+        return guarded(callback, self.record_error, name)
 
     def _destroy_entities(self) -> None:
         for destroy, entity in reversed(self._entities):
@@ -332,7 +336,8 @@ class ModelNode(LifecycleNode):
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
         self._diag_timer = self.create_timer(1.0 / self.params.config.diagnostics_hz,
-                                             self.publish_diagnostics, clock=self.steady)
+                                             self.guard(self.publish_diagnostics),
+                                             clock=self.steady)
 
     def _on_params_changed(self, old, new) -> None:
         if old.diagnostics_hz != new.diagnostics_hz:

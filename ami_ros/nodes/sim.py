@@ -44,7 +44,8 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from ami_ros.nodes.common import (ConfigParameters, RateMeter, ThrottledLog, camera_info_msg,
-                                  diagnostic_status, image_to_msg, run_node, seconds, time_msg)
+                                  diagnostic_status, guarded, image_to_msg, run_node, seconds,
+                                  time_msg)
 from ami_ros.sim import SCENES, CommandError, Scene, SceneConfig, make_scene
 from ami_ros.sim.truth import pose_topic, signal_topic, split_truth
 
@@ -164,16 +165,26 @@ class SimNode(Node):
         self._clock_pub = self.create_publisher(ClockMsg, '/clock', 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._truth_pubs: dict[str, object] = {}
-        self.create_subscription(JointTrajectory, TRAJECTORY_TOPIC, self._on_trajectory, 10)
-        self.create_subscription(Float64MultiArray, FORWARD_TOPIC, self._on_forward, 10)
-        self.create_subscription(PoseStamped, GOAL_TOPIC, self._on_goal_pose, 10)
-        self.create_service(Trigger, '~/reset', self._on_reset)
-        self.create_service(Trigger, '~/set_goal', self._on_set_goal)
+        self.create_subscription(JointTrajectory, TRAJECTORY_TOPIC,
+                                 self._guard(self._on_trajectory), 10)
+        self.create_subscription(Float64MultiArray, FORWARD_TOPIC, self._guard(self._on_forward),
+                                 10)
+        self.create_subscription(PoseStamped, GOAL_TOPIC, self._guard(self._on_goal_pose), 10)
+        self.create_service(Trigger, '~/reset', self._guard(self._on_reset))
+        self.create_service(Trigger, '~/set_goal', self._guard(self._on_set_goal))
         self._step_timer = self._diag_timer = None
         self._make_timers()
         self.get_logger().info(
             f'{cfg.scene}: joints {list(self.scene.joint_names)}, {cfg.control_hz} Hz control, '
             f'{cfg.render_hz} Hz {cfg.image_size}px camera, realtime={cfg.realtime}')
+
+    def _guard(self, callback):
+        """``callback`` that logs, counts and survives its exceptions (see :func:`guarded`)."""
+        def on_error(key: str, message: str) -> None:
+            self.rejected += 1
+            self.last_error = message
+            self._log.log(key, message)
+        return guarded(callback, on_error)
 
     # -- the loop: core calls only ----------------------------------------------------------------
 
@@ -349,8 +360,9 @@ class SimNode(Node):
         # a zero period makes the timer always ready: the executor steps as fast as it can while
         # still serving subscriptions and services between steps
         period = self.scene.control_dt if cfg.realtime else 0.0
-        self._step_timer = self.create_timer(period, self._tick, clock=self._steady)
-        self._diag_timer = self.create_timer(1.0 / cfg.diagnostics_hz, self._publish_diagnostics,
+        self._step_timer = self.create_timer(period, self._guard(self._tick), clock=self._steady)
+        self._diag_timer = self.create_timer(1.0 / cfg.diagnostics_hz,
+                                             self._guard(self._publish_diagnostics),
                                              clock=self._steady)
 
     def _on_params(self, old: SimNodeConfig, new: SimNodeConfig) -> None:
