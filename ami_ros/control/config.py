@@ -42,6 +42,15 @@ class MPCConfig:
     probe_weight: float = 1.0
     """Weight of the pose-goal cost (euclidean distance of the probed quantity, its units)
     added to the image-goal cost when both goals are set."""
+    visual_weight: float = 1.0
+    """Models with proprioception: weight of the visual latent's distance (``metric``) in the
+    image-goal cost."""
+    ee_weight: float = 0.0
+    """Models with proprioception: weight of the end effector's euclidean distance (metres) to
+    the goal's, read from the goal image, in the image-goal cost."""
+    joint_weight: float = 0.0
+    """Models with proprioception: weight of the joints' euclidean distance (radians) to the
+    goal posture read from the goal image (look-alike postures make it a coarse guide)."""
     belief: BeliefConfig = field(default_factory=BeliefConfig)
     """Belief filter: gain, control period dt, latency handling, reset threshold."""
     surprise: SurpriseConfig = field(default_factory=SurpriseConfig)
@@ -61,7 +70,8 @@ class MPCConfig:
             raise ValueError(f'planner must be one of {sorted(PLANNERS)}, got {self.planner!r}')
         if self.metric not in METRICS:
             raise ValueError(f'metric must be one of {list(METRICS)}, got {self.metric!r}')
-        for name in ('terminal_weight', 'running_weight', 'probe_weight', 'smoothness_weight'):
+        for name in ('terminal_weight', 'running_weight', 'probe_weight', 'smoothness_weight',
+                     'visual_weight', 'ee_weight', 'joint_weight'):
             if not 0.0 <= float(getattr(self, name)) < math.inf:
                 raise ValueError(f'{name} must be a finite number >= 0, got {getattr(self, name)}')
         if float(self.terminal_weight) + float(self.running_weight) <= 0.0:
@@ -102,7 +112,7 @@ class MPCConfig:
 
 _BLOCKS = ('planner', 'planning', 'cost', 'belief', 'surprise', 'agent', 'eval')
 _COST_KEYS = ('metric', 'terminal_weight', 'running_weight', 'probe_weight',
-              'smoothness_weight')
+              'smoothness_weight', 'visual_weight', 'ee_weight', 'joint_weight')
 _AGENT_KEYS = ('max_belief_age', 'speed_fraction')
 
 

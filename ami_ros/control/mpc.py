@@ -102,14 +102,16 @@ class LatentMPC:
     def belief(self) -> Optional[torch.Tensor]:
         return self.filter.z
 
-    def observe(self, image, stamp: float, executed_action=None) -> FilterStep:
+    def observe(self, image, stamp: float, executed_action=None, joints=None) -> FilterStep:
         """Fuse a camera frame taken at ``stamp`` (seconds) into the belief.
 
-        ``executed_action`` (A,) is the command in force since the previous frame. ``image=None``
-        (dropped frame) only predicts; a frame with NaN is rejected (reason 'rejected_nan'); a
-        malformed one raises ValueError.
+        ``executed_action`` (A,) is the command in force since the previous frame. ``joints``
+        (J,): the joint positions measured with the frame (used by models with proprioception;
+        without them such a model reads the posture from the image). ``image=None`` (dropped
+        frame) only predicts; a frame with NaN is rejected (reason 'rejected_nan'); a malformed
+        one raises ValueError.
         """
-        z = None if image is None else self._encode(check_image(image))
+        z = None if image is None else self._encode(check_image(image), joints)
         if executed_action is not None:
             try:
                 self.set_command(executed_action)
@@ -214,14 +216,20 @@ class LatentMPC:
         return self._command.copy()
 
     # ------------------------------------------------------------------ model calls
-    def _encode(self, image: np.ndarray) -> Optional[torch.Tensor]:
-        """(D,) latent of one image, or None for non-finite pixels or latent."""
+    def _encode(self, image: np.ndarray, joints=None) -> Optional[torch.Tensor]:
+        """(D,) state of one image (with its joint positions, if any), or None if non-finite."""
         if not np.isfinite(image).all():
             return None
         if image.dtype != np.uint8:
             image = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
         with torch.no_grad():
             z = self.model.encode(torch.as_tensor(image, device=self.device)[None])[0]
+            if joints is not None and getattr(self.model, 'has_proprio', False):
+                q = np.asarray(joints, dtype=np.float32).reshape(1, -1)
+                if q.shape[1] != int(self.model.action_dim) or not np.isfinite(q).all():
+                    raise ValueError(f'joints must be {self.model.action_dim} finite numbers, '
+                                     f'got {q.ravel().tolist()}')
+                z = self.model.with_joints(z[None], torch.as_tensor(q, device=z.device))[0]
         return z.detach() if bool(torch.isfinite(z).all()) else None
 
     def _rollout(self, z_hist: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -247,12 +255,41 @@ class LatentMPC:
             costs.append(smoothness)
             weights.append(float(cfg.smoothness_weight))
         if self._goal_latent is not None:
-            costs.append(latent_goal_cost(self._goal_latent, cfg.metric, cfg.terminal_weight,
-                                          cfg.running_weight))
-            weights.append(1.0)
+            costs_, weights_ = self._goal_image_costs()
+            costs += costs_
+            weights += weights_
         if self._goal_pose is not None:
             name, goal = self._goal_pose
             costs.append(probe_goal_cost(lambda z: self.model.probe(z)[name], goal, 'euclidean',
                                          cfg.terminal_weight, cfg.running_weight))
             weights.append(float(cfg.probe_weight))
         return sum_costs(*costs, weights=weights)
+
+    def _goal_image_costs(self) -> tuple[list, list]:
+        """The image goal's cost terms and their weights.
+
+        The latent distance; for a model with proprioception, the weighted visual, end-effector
+        and joint distances (the goal's posture read from the goal image).
+        """
+        cfg, goal = self.config, self._goal_latent
+        slices = self.model.state_slices() if getattr(self.model, 'has_proprio', False) else {}
+        if not slices:
+            return [latent_goal_cost(goal, cfg.metric, cfg.terminal_weight,
+                                     cfg.running_weight)], [1.0]
+        costs, weights = [], []
+        vis = slices['visual']
+        if cfg.visual_weight > 0:
+            part = latent_goal_cost(goal[vis], cfg.metric, cfg.terminal_weight,
+                                    cfg.running_weight)
+            costs.append(lambda predicted, actions: part(predicted[..., vis], actions))
+            weights.append(float(cfg.visual_weight))
+        decode = self.model.decode_proprio  # the state's part in physical units
+        for key, weight in (('ee', cfg.ee_weight), ('joints', cfg.joint_weight)):
+            if weight > 0 and key in slices:
+                costs.append(probe_goal_cost(
+                    lambda z, key=key: decode(z, key), decode(goal, key), 'euclidean',
+                    cfg.terminal_weight, cfg.running_weight))
+                weights.append(float(weight))
+        if not costs:
+            raise ValueError('cost: visual_weight, ee_weight and joint_weight are all 0')
+        return costs, weights

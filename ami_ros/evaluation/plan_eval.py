@@ -166,7 +166,7 @@ class ModelPolicy:
         self.agent.set_goal_image(goal.image)
 
     def __call__(self, image, q, stamp, executed) -> tuple[np.ndarray, float]:
-        self.agent.observe(image, stamp, executed)
+        self.agent.observe(image, stamp, executed, joints=q)
         target, info = self.agent.act(q, stamp)
         return target, info['plan_ms']
 

@@ -120,6 +120,56 @@ class ProbeSpec:
 
 
 @dataclass
+class ProprioConfig:
+    """The robot's own joint states in the model's state (world model v2).
+
+    With ``enabled`` the state the predictor rolls out, the belief filter tracks and the planner
+    scores is ``[z (latent_dim), q (J), ee (E)]``: the visual latent, the joint positions and the
+    end-effector position, both standardised with the training statistics below. A frame with
+    its ``/joint_states`` gets q from them and ee from a learned forward-kinematics head; a frame
+    without (a goal image) gets both from the *reader*, a spatial-softmax CNN trained on logged
+    frames with their joint states as labels (and a calibration sweep of i.i.d. postures).
+    """
+
+    enabled: bool = False
+    """Put joint positions and the end-effector position in the state (off: visual latent only,
+    as models before v2)."""
+    ee_dim: int = 3
+    """E: size of the end-effector position (0 = joints only)."""
+    reader_channels: tuple[int, ...] = (32, 32, 32, 32)
+    """Reader CNN: output channels of its convolutions (the second one has stride 2)."""
+    reader_keypoints: int = 32
+    """Reader: spatial-softmax keypoints (each gives an x, y and a presence value)."""
+    reader_hidden: int = 256
+    """Reader: hidden width of the MLP from keypoints to (q, ee)."""
+    fk_hidden: int = 256
+    """Forward-kinematics head: hidden width of the MLP q -> ee."""
+    joint_mean: tuple[float, ...] = ()
+    """Per-joint mean of the training joint positions (rad); filled from the data."""
+    joint_std: tuple[float, ...] = ()
+    """Per-joint standard deviation of the training joint positions (rad)."""
+    ee_mean: tuple[float, ...] = ()
+    """Mean of the training end-effector positions (m); filled from the data."""
+    ee_std: tuple[float, ...] = ()
+    """Standard deviation of the training end-effector positions (m), one value per axis."""
+
+    def __post_init__(self):
+        self.reader_channels = tuple(int(c) for c in self.reader_channels)
+        _check(len(self.reader_channels) >= 2 and all(c >= 1 for c in self.reader_channels),
+               'model.proprio.reader_channels', self.reader_channels,
+               'must be >= 2 positive channel counts')
+        _check(0 <= self.ee_dim <= 7, 'model.proprio.ee_dim', self.ee_dim, 'must be in [0, 7]')
+        for name in ('reader_keypoints', 'reader_hidden', 'fk_hidden'):
+            _check(1 <= int(getattr(self, name)) <= 4096, f'model.proprio.{name}',
+                   getattr(self, name), 'must be in [1, 4096]')
+        for name in ('joint_mean', 'joint_std', 'ee_mean', 'ee_std'):
+            setattr(self, name, tuple(float(v) for v in getattr(self, name)))
+        for name in ('joint_std', 'ee_std'):
+            _check(all(v > 0 for v in getattr(self, name)), f'model.proprio.{name}',
+                   getattr(self, name), 'must be > 0')
+
+
+@dataclass
 class ModelConfig:
     """Architecture of the world model (everything needed to rebuild it from its weights)."""
 
@@ -137,6 +187,8 @@ class ModelConfig:
     """Settings of the ``vit`` encoder."""
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     """Settings of the action-conditioned predictor."""
+    proprio: ProprioConfig = field(default_factory=ProprioConfig)
+    """Joint states and the end-effector position in the state (world model v2)."""
     probe_hidden: int = 128
     """Hidden width of each probe MLP (latent -> physical quantity)."""
     probes: tuple[ProbeSpec, ...] = ()
@@ -146,7 +198,19 @@ class ModelConfig:
     action_std: tuple[float, ...] = ()
     """Per-joint standard deviation of the training actions (rad)."""
 
+    @property
+    def proprio_dim(self) -> int:
+        """P: joint positions (J = action_dim) + end-effector size in the state; 0 without."""
+        return self.action_dim + self.proprio.ee_dim if self.proprio.enabled else 0
+
+    @property
+    def state_dim(self) -> int:
+        """Size of the state vector the predictor, belief filter and planner work on."""
+        return self.latent_dim + self.proprio_dim
+
     def __post_init__(self):
+        if isinstance(self.proprio, dict):
+            self.proprio = ProprioConfig(**self.proprio)
         _check(self.encoder in ('cnn', 'vit'), 'model.encoder', self.encoder,
                "must be 'cnn' or 'vit'")
         _check(16 <= self.image_size <= 512, 'model.image_size', self.image_size,
@@ -230,6 +294,9 @@ class LossConfig:
     positions (``/joint_states``, logged by every robot; standardised) from z_t. It anchors the
     latent to the robot's configuration, which the JEPA terms alone learn slowly (0 = off).
     The head is used only in training."""
+    state_proprio_weight: float = 1.0
+    """World model v2 (``model.proprio.enabled``): weight of the predicted joint positions and
+    end effector against the measured ones (standardised), next to the visual latent's terms."""
 
     def __post_init__(self):
         _check(self.regularizer in ('sigreg', 'vicreg'), 'loss.regularizer', self.regularizer,
@@ -237,7 +304,8 @@ class LossConfig:
         _check(self.target in ('online', 'detach', 'ema'), 'loss.target', self.target,
                "must be 'online', 'detach' or 'ema'")
         for name in ('reg_weight', 'vicreg_variance_weight', 'vicreg_covariance_weight',
-                     'teacher_forcing_weight', 'rollout_weight', 'idm_weight', 'proprio_weight'):
+                     'teacher_forcing_weight', 'rollout_weight', 'idm_weight', 'proprio_weight',
+                     'state_proprio_weight'):
             v = getattr(self, name)
             _check(0 <= v < 1e6, f'loss.{name}', v, 'must be >= 0')
         _check(self.teacher_forcing_weight + self.rollout_weight > 0, 'loss.rollout_weight',
@@ -340,6 +408,38 @@ class ProbeTrainConfig:
 
 
 @dataclass
+class ReaderTrainConfig:
+    """The posture-reader phase (world model v2): image -> joint positions and end effector.
+
+    Trained on the training frames with their logged joint states as labels, plus an optional
+    *calibration sweep*: i.i.d. postures of the arm rendered by a built-in scene with the goal
+    marker on the tool, as a goal photo shows it (a real arm records the same by moving through
+    random poses). Frames are not shifted: where things are in the image is the signal.
+    """
+
+    steps: int = 3000
+    """Optimiser steps of the reader phase."""
+    batch_size: int = 64
+    """Frames per step (half from the sweep when there is one)."""
+    lr: float = 2e-3
+    """Peak AdamW learning rate (one-cycle schedule)."""
+    sweep_scene: str = ''
+    """Built-in scene rendering the calibration sweep ('' = no sweep)."""
+    sweep_frames: int = 30000
+    """Number of calibration-sweep frames."""
+    sweep_seed: int = 1
+    """Seed of the sweep's postures."""
+
+    def __post_init__(self):
+        _check(self.steps >= 0, 'reader.steps', self.steps, 'must be >= 0')
+        _check(2 <= self.batch_size <= 65536, 'reader.batch_size', self.batch_size,
+               'must be in [2, 65536]')
+        _check(0 < self.lr < 1, 'reader.lr', self.lr, 'must be in (0, 1)')
+        _check(0 <= self.sweep_frames <= 10**6, 'reader.sweep_frames', self.sweep_frames,
+               'must be in [0, 1e6]')
+
+
+@dataclass
 class GenerateConfig:
     """Episodes generated on the fly by a built-in scene instead of read from bags."""
 
@@ -413,6 +513,8 @@ class RunConfig:
     """Optimisation and bookkeeping (``train:`` block)."""
     probe: ProbeTrainConfig = field(default_factory=ProbeTrainConfig)
     """Probe phase (``probe:`` block)."""
+    reader: ReaderTrainConfig = field(default_factory=ReaderTrainConfig)
+    """Posture-reader phase of models with ``model.proprio.enabled`` (``reader:`` block)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Data sources (``data:`` block)."""
 

@@ -9,6 +9,14 @@ Public API (what perception, the world_model node and the planner use):
   ``actions[:, 0]`` is the command in force from the frame of ``z_hist[:, -1]`` to the next.
 * ``probe(z)`` -> {name: (..., dim)} physical quantities (``ee_position`` in m, joints in rad).
 
+World model v2 (``config.proprio.enabled``): the state is ``[z, q, ee]`` (visual latent, joint
+positions and end-effector position, standardised; ``latent_dim`` is then the size of that whole
+state). ``encode(images, joints)`` takes q from the robot's joint states and ee from a learned
+forward kinematics; ``encode(images)`` without joint states (a goal image) reads both from the
+image (:class:`~ami_ros.model.reader.PostureReader`). The predictor rolls the whole state out, so
+it predicts the next joint state as well as the next visual latent; ``probe`` decodes
+``joint_positions`` and ``ee_position`` straight from the state.
+
 Choice of the default anti-collapse regulariser: **VICReg** (variance hinge + covariance,
 applied per time step across the batch), chosen by measurement; SIGReg stays one config switch
 away (``loss.regularizer: sigreg``, ``reg_weight ~0.1``). Same recipe otherwise (EMA targets,
@@ -35,6 +43,7 @@ from ami_ros.model.config import ModelConfig, ProbeSpec
 from ami_ros.model.encoder import build_encoder
 from ami_ros.model.predictor import Predictor
 from ami_ros.model.probes import ProbeHead
+from ami_ros.model.reader import ForwardKinematics, PostureReader
 
 # fixed image normalisation: uint8 [0, 255] -> roughly zero-mean, unit-range
 _PIXEL_MEAN = 0.5
@@ -52,8 +61,19 @@ class WorldModel(nn.Module):
         self.config = config
         self.encoder = build_encoder(config)
         p = config.predictor
-        self.predictor = Predictor(config.latent_dim, config.action_dim, p.history,
+        self.predictor = Predictor(config.state_dim, config.action_dim, p.history,
                                    p.action_history, p.hidden, p.layers, p.norm)
+        self.reader = self.fk = None
+        if config.proprio.enabled:
+            pc, j = config.proprio, config.action_dim
+            self.reader = PostureReader(pc.reader_channels, pc.reader_keypoints,
+                                        pc.reader_hidden, config.proprio_dim)
+            self.fk = ForwardKinematics(j, pc.ee_dim, pc.fk_hidden) if pc.ee_dim else None
+            stats = {'joint_mean': (pc.joint_mean, j, 0.0), 'joint_std': (pc.joint_std, j, 1.0),
+                     'ee_mean': (pc.ee_mean, pc.ee_dim, 0.0), 'ee_std': (pc.ee_std, pc.ee_dim, 1.0)}
+            for name, (values, n, default) in stats.items():
+                self.register_buffer(name, torch.tensor(values or (default,) * n,
+                                                        dtype=torch.float32), persistent=False)
         # statistics live in config.json, not in the weights file (persistent=False)
         self.register_buffer('action_mean', torch.tensor(config.action_mean, dtype=torch.float32),
                              persistent=False)
@@ -61,7 +81,7 @@ class WorldModel(nn.Module):
                              persistent=False)
         self.probes = nn.ModuleDict()
         for spec in config.probes:
-            self.probes[spec.name] = ProbeHead(spec, config.latent_dim, config.probe_hidden)
+            self.probes[spec.name] = ProbeHead(spec, config.state_dim, config.probe_hidden)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -70,7 +90,17 @@ class WorldModel(nn.Module):
 
     @property
     def latent_dim(self) -> int:
+        """Size of the state vector (visual latent, plus joints and end effector in v2)."""
+        return self.config.state_dim
+
+    @property
+    def visual_dim(self) -> int:
+        """Size of the visual latent (the first entries of the state)."""
         return self.config.latent_dim
+
+    @property
+    def has_proprio(self) -> bool:
+        return self.reader is not None
 
     @property
     def action_dim(self) -> int:
@@ -107,6 +137,19 @@ class WorldModel(nn.Module):
         }).to(self.device)
         self.config.probes = tuple(specs)
 
+    def set_proprio_stats(self, joint_mean, joint_std, ee_mean, ee_std) -> None:
+        """Set the standardisation of joints (rad) and end effector (m), in model and config."""
+        pc = self.config.proprio
+        for name, values in (('joint_mean', joint_mean), ('joint_std', joint_std),
+                             ('ee_mean', ee_mean), ('ee_std', ee_std)):
+            v = np.asarray(values, dtype=np.float32).reshape(-1)
+            if v.shape != tuple(getattr(self, name).shape) or not np.isfinite(v).all():
+                raise ValueError(f'{name} must be {tuple(getattr(self, name).shape)} finite '
+                                 f'values, got {v.tolist()}')
+            getattr(self, name).copy_(torch.as_tensor(v))
+            setattr(pc, name, tuple(float(x) for x in v))
+        pc.__post_init__()
+
     # ---------------------------------------------------------------- encoding
     def preprocess(self, images) -> torch.Tensor:
         """uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1] -> normalised (B, 3, S, S)."""
@@ -130,9 +173,34 @@ class WorldModel(nn.Module):
                               antialias=True)
         return (x - _PIXEL_MEAN) / _PIXEL_STD
 
-    def encode(self, images) -> torch.Tensor:
-        """Images -> global latents (B, D)."""
-        return self.encoder(self.preprocess(images))
+    def encode(self, images, joints=None) -> torch.Tensor:
+        """Images (and their joint positions (B, J), rad, if known) -> states (B, D).
+
+        Without proprioception the state is the visual latent. With it, the joint positions
+        and end effector come from ``joints`` when given, otherwise from the image (reader).
+        """
+        x = self.preprocess(images)
+        z = self.encoder(x)
+        if self.reader is None:
+            return z
+        p = self.reader(x) if joints is None else self.proprio_state(joints)
+        return torch.cat([z, p.to(z.dtype)], dim=-1)
+
+    def proprio_state(self, joints) -> torch.Tensor:
+        """Joint positions (..., J) in rad -> the state's proprio part (..., J + E)."""
+        q = torch.as_tensor(joints, dtype=torch.float32, device=self.device)
+        if q.shape[-1] != self.action_dim:
+            raise ValueError(f'joints must have {self.action_dim} values per row, got '
+                             f'{tuple(q.shape)}')
+        qn = (q - self.joint_mean) / self.joint_std
+        if self.fk is None:
+            return qn
+        return torch.cat([qn, self.fk(q)], dim=-1)
+
+    def with_joints(self, state: torch.Tensor, joints) -> torch.Tensor:
+        """``state`` (..., D) with its proprio part replaced by measured ``joints`` (..., J)."""
+        p = self.proprio_state(joints).to(state)
+        return torch.cat([state[..., :self.visual_dim], p.expand(*state.shape[:-1], -1)], -1)
 
     def encode_tokens(self, images) -> torch.Tensor:
         """Images -> patch tokens (B, N, C) (ViT tokens, or the CNN's last feature map)."""
@@ -197,5 +265,33 @@ class WorldModel(nn.Module):
 
     # ---------------------------------------------------------------- probes
     def probe(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Latents (..., D) -> {name: (..., dim)} in physical units (empty without probes)."""
-        return {name: head(z) for name, head in self.probes.items()}
+        """Latents (..., D) -> {name: (..., dim)} in physical units (empty without probes).
+
+        With proprioception, ``joint_positions`` and ``ee_position`` are read from the state
+        itself (exact for measured joints), not from a probe head.
+        """
+        out = {name: head(z) for name, head in self.probes.items()}
+        if self.reader is not None:
+            out['joint_positions'] = self.decode_proprio(z, 'joints')
+            if self.fk is not None:
+                out['ee_position'] = self.decode_proprio(z, 'ee')
+        return out
+
+    def decode_proprio(self, z: torch.Tensor, part: str) -> torch.Tensor:
+        """The state's ``joints`` (rad) or ``ee`` (m) part, (..., D) -> (..., J or E)."""
+        d, j = self.visual_dim, self.action_dim
+        if part == 'joints':
+            return z[..., d:d + j] * self.joint_std + self.joint_mean
+        if part == 'ee' and self.fk is not None:
+            return z[..., d + j:] * self.ee_std + self.ee_mean
+        raise ValueError(f'the state has no {part!r} part (proprio: {self.has_proprio})')
+
+    def state_slices(self) -> dict[str, slice]:
+        """Where each part lies in the state: ``visual``, and ``joints`` / ``ee`` with proprio."""
+        d, j = self.visual_dim, self.action_dim
+        out = {'visual': slice(0, d)}
+        if self.reader is not None:
+            out['joints'] = slice(d, d + j)
+            if self.fk is not None:
+                out['ee'] = slice(d + j, self.latent_dim)
+        return out

@@ -98,6 +98,14 @@ class PlannerNodeConfig(ModelNodeConfig):
     """Weight of every earlier step's distance (> 0 prefers getting there sooner)."""
     probe_weight: float = 1.0
     """Weight of the pose-goal cost (distance of the probed quantity, its units)."""
+    visual_weight: float = 1.0
+    """Models with proprioception: weight of the visual latent's distance in image-goal costs."""
+    ee_weight: float = 0.0
+    """Models with proprioception: weight of the end effector's distance (m) to the one read
+    from the goal image."""
+    joint_weight: float = 0.0
+    """Models with proprioception: weight of the joints' distance (rad) to the posture read
+    from the goal image."""
     trajectory_points: int = 1
     """joint_trajectory output: plan steps sent per message (the controller follows them if the
     next message is late)."""
@@ -178,6 +186,7 @@ class PlannerNode(ModelNode):
             'init_std': (1e-6, 100.0), 'momentum': (0.0, 0.99), 'seed': (0, 2**31 - 1),
             'terminal_weight': (0.0, 1e6), 'running_weight': (0.0, 1e6),
             'probe_weight': (0.0, 1e6), 'trajectory_points': (1, 200),
+            'visual_weight': (0.0, 1e6), 'ee_weight': (0.0, 1e6), 'joint_weight': (0.0, 1e6),
             'velocity_scale': (0.01, 1.0), 'position_margin': (0.0, 10.0),
             'stale_timeout': (0.01, 60.0), 'workspace_tolerance': (1e-4, 10.0),
             'workspace_min_z': (-100.0, 100.0)},
@@ -250,7 +259,9 @@ class PlannerNode(ModelNode):
         # the watchdog below judges staleness: no second, differently-clocked check inside
         return MPCConfig(planning=planning, planner=c.planner, metric=c.metric,
                          terminal_weight=c.terminal_weight, running_weight=c.running_weight,
-                         probe_weight=c.probe_weight, max_belief_age=None).with_limits(
+                         probe_weight=c.probe_weight, visual_weight=c.visual_weight,
+                         ee_weight=c.ee_weight, joint_weight=c.joint_weight,
+                         max_belief_age=None).with_limits(
             self.limits.lower, self.limits.upper, self.limits.rate, self._dt)
 
     def teardown(self) -> None:
@@ -266,7 +277,7 @@ class PlannerNode(ModelNode):
             self.watchdog.timeout = float(new.stale_timeout)
         planning = ('planner', 'horizon', 'samples', 'iterations', 'elites', 'temperature',
                     'init_std', 'momentum', 'seed', 'metric', 'terminal_weight',
-                    'running_weight', 'probe_weight')
+                    'running_weight', 'probe_weight', 'visual_weight', 'ee_weight', 'joint_weight')
         if any(getattr(old, k) != getattr(new, k) for k in planning):
             self.get_logger().info('planner parameters changed: the plan restarts')
             self.mpc = _BeliefMPC(self.model, self._mpc_config(new))

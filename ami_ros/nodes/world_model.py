@@ -132,6 +132,7 @@ class WorldModelNode(ModelNode):
         self.filter = BeliefFilter(self._belief_config(config), self._predict, self.monitor)
         self._commands: list[tuple[float, np.ndarray]] = []  # (time, action) oldest first
         self._measured: np.ndarray | None = None
+        self._measured_stamp = -math.inf
         self._pose_probes = sorted(n[:-len('_position')] for n in self.model.probe_names
                                    if n.endswith('_position'))
         self._belief_pub = self.lifecycle_publisher(Image, BELIEF_TOPIC)
@@ -187,6 +188,7 @@ class WorldModelNode(ModelNode):
             return self.record_error('latent', f'dropped a latent on {LATENT_TOPIC}: {e}')
         self.counts['latents'] += 1
         stamp = seconds(msg.header.stamp)
+        z = self._with_measured_joints(z, stamp)
         if self.filter.stamp is not None:
             # predict up to the frame's time with the commands sent, so that it is fused with a
             # prediction for its own stamp (a frame too far ahead restarts the belief instead)
@@ -214,10 +216,26 @@ class WorldModelNode(ModelNode):
         self._publish(msg.header.frame_id)
         self.latency.add(time.perf_counter() - t0)
 
+    def _with_measured_joints(self, z: np.ndarray, stamp: float) -> np.ndarray:
+        """The latent with its joint part from ``/joint_states`` (models with proprioception).
+
+        Joint states measured within one control period of the frame replace what perception
+        read from the image.
+        """
+        if not getattr(self.model, 'has_proprio', False) or self._measured is None or \
+                abs(self._measured_stamp - stamp) > self._dt or \
+                not np.all(np.isfinite(self._measured)):
+            return z
+        with torch.no_grad():
+            q = torch.as_tensor(self._measured[None], dtype=torch.float32, device=self._device)
+            s = self.model.with_joints(torch.as_tensor(z, device=self._device), q)
+        return s.cpu().numpy()
+
     def _on_joint_states(self, msg: JointState) -> None:
         try:
             index = [list(msg.name).index(n) for n in self.joint_names]
             self._measured = np.asarray(msg.position, dtype=np.float64)[index]
+            self._measured_stamp = seconds(msg.header.stamp)
         except (ValueError, IndexError):
             self.record_error('joint_states', f'joint_states lacks joints {self.joint_names}: '
                                               f'has {list(msg.name)}', 'warn')

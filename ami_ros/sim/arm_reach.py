@@ -356,6 +356,24 @@ class ArmReachScene(Scene):
         mujoco.mj_kinematics(self._model, d)
         return d.xpos[self._ee_body].copy()
 
+    def calibration_frame(self, rng: np.random.Generator
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A goal photo of a random posture: (frame, joint positions (J,), tool0 position (3,)).
+
+        The arm is put at a collision-free configuration with tool0 at least
+        ``min_goal_height`` up (as goals are drawn) and the goal marker on tool0, as eval-plan's
+        goal images show it. The calibration sweep of the posture reader; it moves the arm, so
+        use a scene of its own.
+        """
+        q = self.random_configuration(rng, min_ee_height=float(self.config.min_goal_height))
+        self._data.qpos[self._qadr] = q
+        self._data.qvel[self._vadr] = 0.0
+        mujoco.mj_kinematics(self._model, self._data)
+        ee = self._data.xpos[self._ee_body].copy()
+        self._place_goal(ee)
+        mujoco.mj_kinematics(self._model, self._data)
+        return self.render(), q, ee
+
     # ------------------------------------------------------------------------ episodes ---
     def reset(self, seed: int | None = None) -> None:
         """Random collision-free start in the central part of the ranges and a reachable goal."""

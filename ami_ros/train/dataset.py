@@ -161,6 +161,30 @@ def action_stats(episodes: list[Episode]) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 # windows
 # --------------------------------------------------------------------------------------------
+def episode_ee(episodes: list[Episode]) -> np.ndarray:
+    """(N, 3) float32 end-effector positions of every frame; DataError naming what is missing."""
+    missing = [ep.source or f'episode {i}' for i, ep in enumerate(episodes)
+               if 'ee_position' not in ep.ground_truth]
+    if missing:
+        raise DataError(f'model.proprio needs the end-effector position in the data '
+                        f'(ee_position, e.g. a PoseStamped of tool0 logged with the bag); '
+                        f'missing in {missing[:3]}')
+    ee = probe_targets(episodes, 'ee_position')
+    if not np.isfinite(ee).all():
+        raise DataError('ee_position has NaN/inf values')
+    return ee
+
+
+def proprio_stats(episodes: list[Episode], with_ee: bool = True):
+    """(joint mean, joint std, ee mean, ee std) of the training frames (std floored)."""
+    q = np.concatenate([ep.joint_positions for ep in episodes]).astype(np.float64)
+    if not with_ee:
+        return q.mean(axis=0), np.maximum(q.std(axis=0), 1e-3), (), ()
+    ee = episode_ee(episodes).astype(np.float64)
+    return q.mean(axis=0), np.maximum(q.std(axis=0), 1e-3), ee.mean(axis=0), \
+        np.maximum(ee.std(axis=0), 1e-3)
+
+
 def resize_frames(images: np.ndarray, size: int) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N, size, size, 3) uint8 (area-like antialiased bilinear)."""
     if images.shape[1:3] == (size, size):
@@ -174,7 +198,8 @@ def resize_frames(images: np.ndarray, size: int) -> np.ndarray:
 class WindowDataset:
     """All windows of ``window`` consecutive frames from a list of episodes."""
 
-    def __init__(self, episodes: list[Episode], window: int, image_size: int | None = None):
+    def __init__(self, episodes: list[Episode], window: int, image_size: int | None = None,
+                 with_ee: bool = False):
         if not episodes:
             raise DataError('no episodes for the window dataset')
         self.window = window
@@ -183,8 +208,10 @@ class WindowDataset:
         self.images = torch.from_numpy(np.ascontiguousarray(np.concatenate(frames)))
         self.actions = torch.from_numpy(
             np.concatenate([ep.actions for ep in episodes]).astype(np.float32))
-        self.joints = torch.from_numpy(
-            np.concatenate([ep.joint_positions for ep in episodes]).astype(np.float32))
+        joints = np.concatenate([ep.joint_positions for ep in episodes]).astype(np.float32)
+        if with_ee:  # world model v2: the end-effector position rides along with the joints
+            joints = np.concatenate([joints, episode_ee(episodes)], axis=1)
+        self.joints = torch.from_numpy(joints)
         starts, offset = [], 0
         self.episode_offsets = []
         for ep in episodes:
@@ -203,7 +230,8 @@ class WindowDataset:
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gather windows (B,) as images, actions and joint positions.
 
-        Returns images (B, L, H, W, 3) uint8, actions (B, L, A) and joints (B, L, J) float32.
+        Returns images (B, L, H, W, 3) uint8, actions (B, L, A) and joints (B, L, J) float32
+        (with ``with_ee``: (B, L, J + 3), the end-effector position after the joints).
         """
         frames = self.starts[idx][:, None] + self._steps                # (B, L)
         return self.images[frames], self.actions[frames], self.joints[frames]

@@ -44,13 +44,21 @@ def units_of(name: str) -> str:
 
 
 @torch.no_grad()
-def encode_frames(model: WorldModel, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> latents (N, D) float32 on the CPU (model in eval mode)."""
+def encode_frames(model: WorldModel, images: np.ndarray, batch_size: int = 256,
+                  joints: np.ndarray | None = None) -> torch.Tensor:
+    """(N, H, W, 3) uint8 (and (N, J) joint positions) -> states (N, D) float32 on the CPU.
+
+    A model with proprioception takes the joint positions from ``joints`` when given (as the
+    running stack does), otherwise it reads them from the images.
+    """
     images = resize_frames(np.asarray(images), model.config.image_size)
     out = []
     for i in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))
-        out.append(model.encode(batch).float().cpu())
+        q = None if joints is None or not getattr(model, 'has_proprio', False) else \
+            torch.as_tensor(np.asarray(joints[i:i + batch_size], dtype=np.float32))
+        out.append(model.encode(batch, q).float().cpu() if q is not None else
+                   model.encode(batch).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, model.latent_dim)
 
 
@@ -60,7 +68,8 @@ def encode_episodes(model: WorldModel, episodes: list[Episode],
     was_training = model.training
     model.eval()
     try:
-        return [encode_frames(model, ep.images, batch_size) for ep in episodes]
+        return [encode_frames(model, ep.images, batch_size, ep.joint_positions)
+                for ep in episodes]
     finally:
         model.train(was_training)
 

@@ -48,9 +48,11 @@ from ami_ros.model.checkpoint import (CheckpointError, load_checkpoint, load_tra
 from ami_ros.model.config import ConfigError, LossConfig, RunConfig, to_dict
 from ami_ros.model.losses import effective_rank, latent_variance, sigreg, vicreg
 from ami_ros.model.world_model import WorldModel
-from ami_ros.train.dataset import DataError, WindowDataset, action_stats, check_episodes
+from ami_ros.train.dataset import (DataError, WindowDataset, action_stats, check_episodes,
+                                   proprio_stats)
 from ami_ros.train.evaluate import encode_episodes, rollout_errors
 from ami_ros.train.probing import train_probes
+from ami_ros.train.reader import train_reader
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +125,12 @@ class Objective(nn.Module):
         self.proprio = None
         if loss.proprio_weight > 0:
             j = len(joint_mean)
-            self.proprio = nn.Sequential(nn.Linear(model.latent_dim, loss.idm_hidden), nn.SiLU(),
+            self.proprio = nn.Sequential(nn.Linear(model.visual_dim, loss.idm_hidden), nn.SiLU(),
                                          nn.Linear(loss.idm_hidden, j))
             self.register_buffer('joint_mean', torch.as_tensor(joint_mean, dtype=torch.float32))
             self.register_buffer('joint_std', torch.as_tensor(joint_std, dtype=torch.float32))
         if loss.idm_weight > 0:
-            d, a = model.latent_dim, model.action_dim
+            d, a = model.visual_dim, model.action_dim
             self.idm = nn.Sequential(nn.Linear(2 * d, loss.idm_hidden), nn.SiLU(),
                                      nn.Linear(loss.idm_hidden, loss.idm_hidden), nn.SiLU(),
                                      nn.Linear(loss.idm_hidden, a))
@@ -142,29 +144,49 @@ class Objective(nn.Module):
         k = model.history
         m = model.config.predictor.action_history
         horizon = length - k
-        z = model.encode(images.flatten(0, 1)).view(b, length, -1)                # (B, L, D)
+        z = model.encoder(model.preprocess(images.flatten(0, 1))).view(b, length, -1)  # (B,L,Dv)
         if target_latents is not None:
             target = target_latents[:, k:]                                         # EMA
         elif cfg.target == 'detach':
             target = z[:, k:].detach()
         else:
-            target = z[:, k:]                                                      # (B, H, D)
+            target = z[:, k:]                                                      # (B, H, Dv)
         a = model.normalize_actions(actions)                                       # (B, L, A)
         out = {}
         total = z.new_zeros(())
+        j = model.action_dim
+        state, dv = z, z.shape[-1]
+        if model.has_proprio:
+            # v2: the state carries the measured joint positions and end effector (B, L, P)
+            q, ee = joints[..., :j], joints[..., j:]
+            p = (q - model.joint_mean) / model.joint_std
+            if model.fk is not None:
+                ee_n = (ee - model.ee_mean) / model.ee_std
+                p = torch.cat([p, ee_n], dim=-1)
+                out['fk'] = F.mse_loss(model.fk(q), ee_n)
+                total = total + out['fk']
+            state = torch.cat([z, p], dim=-1)                                      # (B, L, D)
+            target = torch.cat([target, p[:, k:]], dim=-1)                         # (B, H, D)
+
+        def pred_loss(name: str, pred: torch.Tensor, weight: float) -> torch.Tensor:
+            out[name] = F.mse_loss(pred[..., :dv], target[..., :dv])
+            loss = out[name]
+            if model.has_proprio:
+                out[f'{name}_proprio'] = F.mse_loss(pred[..., dv:], target[..., dv:])
+                loss = loss + cfg.state_proprio_weight * out[f'{name}_proprio']
+            return weight * loss
+
         if cfg.teacher_forcing_weight > 0:
-            # every target frame j = k..L-1 predicted from the true latents j-k..j-1
-            z_win = z.unfold(1, k, 1)[:, :horizon].transpose(-1, -2)               # (B, H, k, D)
+            # every target frame j = k..L-1 predicted from the true states j-k..j-1
+            s_win = state.unfold(1, k, 1)[:, :horizon].transpose(-1, -2)           # (B, H, k, D)
             a_win = a.unfold(1, m, 1)[:, k - m:length - m].transpose(-1, -2)       # (B, H, m, A)
-            pred1 = model.predictor(z_win, a_win)                                  # (B, H, D)
-            out['pred_1step'] = F.mse_loss(pred1, target)
-            total = total + cfg.teacher_forcing_weight * out['pred_1step']
+            pred1 = model.predictor(s_win, a_win)                                  # (B, H, D)
+            total = total + pred_loss('pred_1step', pred1, cfg.teacher_forcing_weight)
         if cfg.rollout_weight > 0:
-            roll = model.rollout_normalized(z[:, :k], a[:, k - m:length - 1])     # (B, H, D)
-            out['pred_rollout'] = F.mse_loss(roll, target)
-            total = total + cfg.rollout_weight * out['pred_rollout']
+            roll = model.rollout_normalized(state[:, :k], a[:, k - m:length - 1])  # (B, H, D)
+            total = total + pred_loss('pred_rollout', roll, cfg.rollout_weight)
         if self.proprio is not None:
-            joints_n = (joints - self.joint_mean) / self.joint_std                 # (B, L, J)
+            joints_n = (joints[..., :j] - self.joint_mean) / self.joint_std        # (B, L, J)
             out['proprio'] = F.mse_loss(self.proprio(z), joints_n)
             total = total + cfg.proprio_weight * out['proprio']
         if self.idm is not None:
@@ -257,9 +279,12 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self.model = WorldModel(mcfg)
         self.model.set_action_stats(*action_stats(train_episodes))
+        with_ee = mcfg.proprio.enabled and mcfg.proprio.ee_dim > 0
+        if mcfg.proprio.enabled:
+            self.model.set_proprio_stats(*proprio_stats(train_episodes, with_ee))
         self.model.to(self.dist.device)
-        self.train_data = WindowDataset(train_episodes, self.window, mcfg.image_size)
-        self.val_data = (WindowDataset(self.val_episodes, self.window, mcfg.image_size)
+        self.train_data = WindowDataset(train_episodes, self.window, mcfg.image_size, with_ee)
+        self.val_data = (WindowDataset(self.val_episodes, self.window, mcfg.image_size, with_ee)
                          if self.val_episodes else None)
         self.ema = None
         if config.loss.target == 'ema':
@@ -280,7 +305,7 @@ class Trainer:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
-            if name.startswith('probes.'):
+            if name.startswith(('probes.', 'reader.')):  # trained in their own phases
                 continue
             (decay if p.dim() >= 2 else no_decay).append(p)
         for head in (self.objective.idm, self.objective.proprio):
@@ -366,6 +391,9 @@ class Trainer:
             last_val = self._last('val_rollout_ratio_h1')
             summary['val'] = {k: v for k, v in self.rows.get(self.step, {}).items()
                               if k.startswith('val_')} if last_val is not None else {}
+            if self.model.has_proprio:
+                summary['reader'] = train_reader(self.model, self.train_episodes,
+                                                 self.val_episodes, self.cfg.reader, seed=tc.seed)
             summary['probes'] = train_probes(self.model, self.train_episodes, self.val_episodes,
                                              self.cfg.probe, seed=tc.seed)
             summary['checkpoint'] = str(save_checkpoint(self.model, self.out / 'model',

@@ -1,0 +1,138 @@
+"""World model v2: joint states and the end effector in the state, the posture reader, the cost.
+
+Core only (no ROS): a tiny model with ``proprio.enabled`` checks the state layout, that measured
+joints replace what the reader reads, that ``probe`` decodes them exactly, that checkpoints keep
+it all, and that the MPC's image-goal cost scores the end effector in metres. A few training
+steps on generated arm_reach episodes run every phase, the reader's calibration sweep included.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ami_ros.control import LatentMPC, MPCConfig
+from ami_ros.model import WorldModel, load_checkpoint, save_checkpoint
+from ami_ros.model.config import CNNConfig, ModelConfig, PredictorConfig, ProprioConfig
+from ami_ros.planning import PlannerConfig
+
+torch.set_num_threads(1)
+J, D = 2, 8
+
+
+def proprio_model(seed: int = 0) -> WorldModel:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(image_size=16, latent_dim=D, action_dim=J, cnn=CNNConfig(channels=(4, 8)),
+                      predictor=PredictorConfig(history=2, action_history=1, hidden=16, layers=1),
+                      probe_hidden=8, proprio=ProprioConfig(
+                          enabled=True, reader_channels=(4, 4), reader_keypoints=4,
+                          reader_hidden=8, fk_hidden=8))
+    model = WorldModel(cfg)
+    model.set_proprio_stats([0.5, -0.5], [2.0, 1.0], [0.1, 0.2, 0.3], [0.5, 0.5, 0.5])
+    return model.eval()
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 255, (n, 16, 16, 3),
+                                                                 dtype=np.uint8))
+
+
+def test_state_layout_and_measured_joints_replace_the_reading():
+    model = proprio_model()
+    assert model.latent_dim == D + J + 3 and model.visual_dim == D and model.has_proprio
+    assert model.state_slices() == {'visual': slice(0, D), 'joints': slice(D, D + J),
+                                    'ee': slice(D + J, D + J + 3)}
+    x, q = images(3), torch.tensor([[0.1, 0.2], [1.0, -1.0], [0.5, -0.5]])
+    with torch.no_grad():
+        read, measured = model.encode(x), model.encode(x, q)
+        assert torch.equal(read[:, :D], measured[:, :D])  # the same visual latent
+        assert not torch.allclose(read[:, D:], measured[:, D:])
+        assert torch.allclose(model.probe(measured)['joint_positions'], q, atol=1e-6)
+        assert torch.allclose(model.with_joints(read, q), measured)
+        ee = model.probe(measured)['ee_position']
+        assert torch.allclose(ee, model.fk(q) * model.ee_std + model.ee_mean)
+    with pytest.raises(ValueError, match='2 values per row'):
+        model.encode(x, torch.zeros(3, 3))
+
+
+def test_checkpoint_keeps_reader_fk_and_statistics(tmp_path):
+    model = proprio_model(seed=3)
+    save_checkpoint(model, tmp_path / 'm')
+    back = load_checkpoint(tmp_path / 'm').eval()
+    assert back.has_proprio and back.config.proprio.joint_std == (2.0, 1.0)
+    x, q = images(2), torch.tensor([[0.3, 0.1], [-0.2, 0.4]])
+    with torch.no_grad():
+        assert torch.allclose(back.encode(x), model.encode(x))
+        assert torch.allclose(back.encode(x, q), model.encode(x, q))
+
+
+def test_models_without_proprio_are_unchanged():
+    cfg = ModelConfig(image_size=16, latent_dim=D, action_dim=J, cnn=CNNConfig(channels=(4, 8)))
+    model = WorldModel(cfg)
+    assert model.latent_dim == D and not model.has_proprio
+    with torch.no_grad():
+        assert torch.equal(model.encode(images(1), torch.zeros(1, J)), model.encode(images(1)))
+
+
+def test_image_goal_cost_scores_the_end_effector_in_metres():
+    model = proprio_model()
+    planning = PlannerConfig(action_dim=J, horizon=2, n_samples=8, iterations=1, n_elites=2)
+    mpc = LatentMPC(model, MPCConfig(planning=planning, visual_weight=0.0, ee_weight=1.0,
+                                     terminal_weight=1.0, running_weight=0.0))
+    goal = np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    mpc.set_goal_image(goal)
+    with torch.no_grad():
+        g = model.encode(torch.from_numpy(goal)[None])[0]
+        cost = mpc._cost(np.zeros(J))
+        states = g.expand(1, 2, -1).clone()
+        assert float(cost(states, torch.zeros(1, 2, J))) == pytest.approx(0.0, abs=1e-6)
+        moved = states.clone()
+        moved[..., D + J] += 0.2 / float(model.ee_std[0])  # the end effector 0.2 m off in x
+        moved[..., :D] += 5.0                               # the visual part has no weight
+        assert float(cost(moved, torch.zeros(1, 2, J))) == pytest.approx(0.2, rel=1e-4)
+    nothing = LatentMPC(model, MPCConfig(planning=planning, visual_weight=0.0, ee_weight=0.0))
+    nothing.set_goal_image(goal)
+    with pytest.raises(ValueError, match='all 0'):
+        nothing._cost(np.zeros(J))
+
+
+def test_observe_takes_the_measured_joints():
+    model = proprio_model()
+    planning = PlannerConfig(action_dim=J, horizon=2, n_samples=8, iterations=1, n_elites=2)
+    mpc = LatentMPC(model, MPCConfig(planning=planning))
+    frame = images(1)[0].numpy()
+    mpc.observe(frame, 0.0, np.zeros(J), joints=np.array([0.7, -0.3]))
+    assert np.allclose(model.probe(mpc.belief)['joint_positions'].detach().numpy(), [0.7, -0.3],
+                       atol=1e-6)
+    with pytest.raises(ValueError, match='finite'):
+        mpc.observe(frame, 0.1, np.zeros(J), joints=np.array([np.nan, 0.0]))
+
+
+@pytest.mark.timeout(300)
+def test_training_runs_every_phase_on_generated_arm_reach(tmp_path):
+    pytest.importorskip('mujoco', reason='the arm_reach scene needs MuJoCo')
+    from ami_ros.model.config import RunConfig, from_dict
+    from ami_ros.train.dataset import episodes_from_scene, split_episodes
+    from ami_ros.train.trainer import Trainer
+
+    cfg = from_dict(RunConfig, {
+        'model': {'image_size': 32, 'latent_dim': 4, 'cnn': {'channels': [8, 8]},
+                  'predictor': {'history': 2, 'hidden': 16, 'layers': 1},
+                  'proprio': {'enabled': True, 'reader_channels': [8, 8], 'reader_keypoints': 8,
+                              'reader_hidden': 32, 'fk_hidden': 32}},
+        'loss': {'horizon': 2},
+        'train': {'max_steps': 4, 'batch_size': 4, 'warmup_steps': 1, 'val_every': 4,
+                  'val_windows': 8, 'num_threads': 1, 'augment_shift': 0},
+        'probe': {'targets': ['goal_position'], 'steps': 2},
+        'reader': {'steps': 3, 'batch_size': 4, 'sweep_scene': 'arm_reach',
+                   'sweep_frames': 6},
+        'data': {'generate': {'scene': 'arm_reach', 'episodes': 4, 'length': 8,
+                              'image_size': 32}}})
+    episodes = episodes_from_scene(cfg.data.generate)
+    train, val = split_episodes(episodes, 0.25, 0)
+    summary = Trainer(cfg, train, val, tmp_path / 'run', progress=False).run()
+    assert {'frames', 'goal_like'} <= set(summary['reader'])
+    assert 0.0 <= summary['reader']['goal_like']['ee_within_5cm'] <= 1.0
+    model = load_checkpoint(tmp_path / 'run' / 'model')
+    assert model.has_proprio and len(model.config.proprio.ee_mean) == 3
+    assert 'val_pred_1step_proprio' in summary['val']
