@@ -189,6 +189,23 @@ def test_bad_targets_raise_and_are_not_applied(scenes, bad):
     assert np.abs(scene.joint_positions - good).max() < 0.02
 
 
+def test_targets_a_hair_past_a_limit_are_clamped_further_ones_rejected_with_digits(scenes):
+    """A measured position read back from /joint_states may sit just past the limit it rests on."""
+    scene = scenes(seed=5)
+    lo, hi = scene.lower.copy(), scene.upper.copy()
+    hair = lo.copy()
+    hair[1] -= 0.5 * scene.limit_tolerance
+    scene.set_target(hair)
+    np.testing.assert_array_equal(scene.target, lo)  # clamped onto the limit
+    far = lo.copy()
+    far[1] -= 0.01
+    with pytest.raises(CommandError, match=r'shoulder_lift_joint=-0\.31 not in \[-0\.3, 2\] '
+                                           r'\(off by 0\.01\)'):
+        scene.set_target(far)
+    scene.set_target(hi)
+    np.testing.assert_array_equal(scene.target, hi)
+
+
 def test_bad_goals_raise(scenes):
     scene = scenes(seed=6)
     goal = scene.goal_position

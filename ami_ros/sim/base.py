@@ -117,8 +117,17 @@ class Scene(abc.ABC):
     def close(self) -> None:
         """Free renderers and other native resources (the scene is unusable afterwards)."""
 
+    limit_tolerance: float = 1e-3
+    """A target this close past a URDF limit (rad or m) is clamped onto it, not rejected: a
+    measured position held as the target (read back from ``/joint_states``) may sit a hair
+    past the limit it rests on."""
+
     def check_target(self, target) -> np.ndarray:
-        """Validate a position target: shape, finiteness and URDF limits. Returns float64 (J,)."""
+        """Validate a position target: shape, finiteness and URDF limits. Returns float64 (J,).
+
+        Within ``limit_tolerance`` past a limit the target is clamped onto it; further is an
+        error naming each joint with enough digits to see by how much.
+        """
         t = np.asarray(target, dtype=np.float64)
         if t.shape != (self.num_joints,):
             raise CommandError(
@@ -126,10 +135,12 @@ class Scene(abc.ABC):
                 f'for joints {list(self.joint_names)}')
         if not np.all(np.isfinite(t)):
             raise CommandError(f'{self.name}: target contains NaN/inf: {t.tolist()}')
-        tol = 1e-9
+        tol = float(self.limit_tolerance)
         bad = (t < self.lower - tol) | (t > self.upper + tol)
         if np.any(bad):
-            names = [f'{n}={v:.4f} not in [{lo:.4f}, {hi:.4f}]' for n, v, lo, hi, b in
+            names = [f'{n}={v:.6g} not in [{lo:.6g}, {hi:.6g}] (off by '
+                     f'{max(lo - v, v - hi):.3g})' for n, v, lo, hi, b in
                      zip(self.joint_names, t, self.lower, self.upper, bad) if b]
-            raise CommandError(f'{self.name}: target beyond URDF limits: {", ".join(names)}')
-        return t
+            raise CommandError(f'{self.name}: target beyond URDF limits (tolerance {tol:g}): '
+                               f'{", ".join(names)}')
+        return np.minimum(np.maximum(t, self.lower), self.upper)

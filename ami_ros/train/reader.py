@@ -56,7 +56,11 @@ def _labels(model: WorldModel, joints: np.ndarray, ee: np.ndarray) -> torch.Tens
 @torch.no_grad()
 def reader_metrics(model: WorldModel, images: np.ndarray, joints: np.ndarray, ee: np.ndarray,
                    batch_size: int = 500) -> dict[str, float]:
-    """End-effector error (m: mean, median, p95, share within 5 cm) and joint error (rad)."""
+    """Errors of the reader and of the forward-kinematics head on labelled frames.
+
+    Reader: end-effector error (m: mean, median, p95, share within 5 cm) and joint error (rad,
+    median); forward kinematics: end-effector error (m, mean).
+    """
     was = model.training
     model.eval()
     try:
@@ -67,6 +71,11 @@ def reader_metrics(model: WorldModel, images: np.ndarray, joints: np.ndarray, ee
     j = model.action_dim
     q = p[:, :j] * model.joint_std.cpu() + model.joint_mean.cpu()
     out = {'joint_error_median': float((q - torch.as_tensor(joints)).abs().median())}
+    if model.fk is not None and len(ee):
+        with torch.no_grad():
+            fk = model.fk(torch.as_tensor(joints, device=model.device)).cpu()
+        fk = fk * model.ee_std.cpu() + model.ee_mean.cpu()
+        out['fk_error_mean'] = float((fk - torch.as_tensor(ee)).norm(dim=-1).mean())
     if model.fk is not None:
         e = p[:, j:] * model.ee_std.cpu() + model.ee_mean.cpu()
         err = (e - torch.as_tensor(ee)).norm(dim=-1).numpy()
@@ -78,7 +87,10 @@ def reader_metrics(model: WorldModel, images: np.ndarray, joints: np.ndarray, ee
 
 def train_reader(model: WorldModel, train_episodes: list[Episode], val_episodes: list[Episode],
                  config: ReaderTrainConfig, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Fit ``model.reader`` (in place); returns its metrics on held-out frames and sweep."""
+    """Fit ``model.reader`` and refine ``model.fk`` (in place).
+
+    Returns their metrics on held-out frames and on a held-out sweep.
+    """
     if model.reader is None or config.steps == 0:
         return {}
     size = model.config.image_size
@@ -98,7 +110,14 @@ def train_reader(model: WorldModel, train_episodes: list[Episode], val_episodes:
     labels = _labels(model, joints, ee)
     sweep_labels = _labels(model, sweep[1], sweep[2]) if sweep is not None else None
     params = list(model.reader.parameters())
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
+    fk_params = list(model.fk.parameters()) if model.fk is not None else []
+    opt = torch.optim.AdamW([{'params': params, 'weight_decay': 1e-4},
+                             {'params': fk_params, 'weight_decay': 0.0}], lr=config.lr)
+    q_all = torch.as_tensor(joints) if sweep is None else torch.cat(
+        [torch.as_tensor(joints), torch.as_tensor(sweep[1])])
+    ee_all = None if model.fk is None else (
+        torch.cat([labels[:, model.action_dim:], sweep_labels[:, model.action_dim:]])
+        if sweep is not None else labels[:, model.action_dim:])
     gen = torch.Generator().manual_seed(seed + 11)
     half = config.batch_size // 2 if sweep is not None else config.batch_size
     warm = max(1, config.steps // 10)
@@ -115,6 +134,10 @@ def train_reader(model: WorldModel, train_episodes: list[Episode], val_episodes:
             x = torch.cat([x, torch.from_numpy(sweep[0][sidx.numpy()])])
             y = torch.cat([y, sweep_labels[sidx]])
         loss = F.smooth_l1_loss(model.reader(model.preprocess(x)), y, beta=0.1)
+        if model.fk is not None:
+            # the forward kinematics keeps learning here, on every posture seen (cheap)
+            kidx = torch.randint(len(q_all), (256,), generator=gen)
+            loss = loss + F.mse_loss(model.fk(q_all[kidx].to(model.device)), ee_all[kidx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
