@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import importlib.util
 import json
+import time
 import typing
 from pathlib import Path
 
@@ -273,3 +274,26 @@ def test_stack_and_sim_in_separate_processes(ros_node, ros_process, wait_for, tm
     print(json.dumps(rates, indent=1))
     assert float(summary['/perception']['input_rate_hz']) > 5.0
     assert int(summary['/planner']['commands']) >= 10
+
+    # Goals survive restarts: a goal sent latched (transient-local) reaches a stack started
+    # after it, and again one restarted after a SIGKILL; commands flow with no goal resent.
+    from ami_ros.nodes.common import latched_qos
+    ros_process.processes.remove(stack)  # stopped on purpose: not a failure to watch for
+    latched = ros_node.create_publisher(PoseStamped, 'ami/goal_pose', latched_qos())
+    latched.publish(msg)
+    recovery = []
+    for attempt in range(2):
+        t0 = time.monotonic()
+        restarted = ros_process(node_command('ami-ros', 'ami_ros.cli') + [
+            'bringup', '--params', str(params_file), '--scene', 'arm_reach'],
+            name=f'bringup-restart{attempt}')
+        accepted = int(status('sim')['accepted_commands'])
+        assert wait_for(lambda: int(status('sim').get('accepted_commands', 0)) >= accepted + 10,
+                        90.0), f'no commands after restart {attempt}:\n' \
+                               f'{restarted.output()[-3000:]}'
+        recovery.append(time.monotonic() - t0)
+        restarted.popen.kill()  # SIGKILL: no clean-up, as a crash would leave it
+        restarted.wait(10.0)
+        ros_process.processes.remove(restarted)
+    print(f'commands again {recovery[0]:.1f} s after a start and {recovery[1]:.1f} s after a '
+          f'restart following SIGKILL, goal not resent')

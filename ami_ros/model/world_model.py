@@ -113,7 +113,12 @@ class WorldModel(nn.Module):
 
     @property
     def probe_names(self) -> tuple[str, ...]:
-        return tuple(self.probes.keys())
+        """Quantities ``probe`` returns (with proprioception: joints and end effector too)."""
+        names = tuple(self.probes.keys())
+        if self.reader is not None:
+            extra = ('joint_positions',) + (('ee_position',) if self.fk is not None else ())
+            names += tuple(n for n in extra if n not in names)
+        return names
 
     # ---------------------------------------------------------------- configuration changes
     def set_action_stats(self, mean, std) -> None:

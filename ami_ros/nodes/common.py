@@ -266,6 +266,17 @@ class ThrottledLog:
         return True
 
 
+def latched_qos(depth: int = 1):
+    """Goal topics' QoS: reliable and transient-local ("latched").
+
+    A node (re)started after the goal was sent still gets it from a publisher that keeps it.
+    """
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
 def guarded(callback: Callable, on_error: Callable[[str, str], None], name: str = '') -> Callable:
     """``callback`` that never raises: an exception goes to ``on_error(key, message)`` instead.
 

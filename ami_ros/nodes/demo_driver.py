@@ -29,7 +29,7 @@ from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import MarkerArray
 
 from ami_ros.data.bag import STORAGES, typestore
-from ami_ros.nodes.common import image_to_msg, msg_to_image, time_msg
+from ami_ros.nodes.common import image_to_msg, latched_qos, msg_to_image, time_msg
 from ami_ros.sim.truth import pose_topic, signal_topic
 
 IMAGE_TOPIC = '/camera/image_raw'
@@ -125,7 +125,8 @@ class DemoDriver(Node):
             conn = self.writer.add_connection(topic, type_name(msg_class), typestore=store)
             self.create_subscription(msg_class, topic, _Recorder(self, topic, msg_class, conn),
                                      qos, raw=True)
-        self.goal_image_pub = self.create_publisher(Image, GOAL_IMAGE_TOPIC, 10)
+        # latched: a planner restarted mid-goal gets the current goal again by itself
+        self.goal_image_pub = self.create_publisher(Image, GOAL_IMAGE_TOPIC, latched_qos())
         self.sim_goal_pub = self.create_publisher(PoseStamped, SIM_GOAL_TOPIC, 10)
 
     # -- what arrives -------------------------------------------------------------------------

@@ -225,8 +225,9 @@ class ModelNode(LifecycleNode):
         self._entities.append((self.destroy_lifecycle_publisher, pub))
         return pub
 
-    def subscription(self, msg_type, topic: str, callback, qos=10):
-        sub = self.create_subscription(msg_type, topic, self.guard(callback, topic), qos)
+    def subscription(self, msg_type, topic: str, callback, qos=10, **kwargs):
+        sub = self.create_subscription(msg_type, topic, self.guard(callback, topic), qos,
+                                       **kwargs)
         self._entities.append((self.destroy_subscription, sub))
         return sub
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import Point, PoseStamped, Twist
+from rclpy.event_handler import SubscriptionEventCallbacks
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
@@ -45,7 +46,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from ami_ros.control import LatentMPC, MPCConfig
 from ami_ros.data.images import ImageDecodeError, decode_image, resize_image
-from ami_ros.nodes.common import RateMeter, seconds
+from ami_ros.nodes.common import RateMeter, latched_qos, seconds
 from ami_ros.nodes.lifecycle import (LatencyStats, ModelNode, ModelNodeConfig, latency_values,
                                      msg_to_latent, rate_values, run_lifecycle_node)
 from ami_ros.nodes.perception import center_square
@@ -232,6 +233,7 @@ class PlannerNode(ModelNode):
         self._belief_stamp = 0.0
         self._frame_stamp = None  # stamp of the newest camera frame fused into the belief
         self._goal_setter, self._goal_position = None, None
+        self._last_goal_key = None
         self._measured = None
         self._last_command = None  # (A,) the last command published
         self._hold_target = None
@@ -249,8 +251,17 @@ class PlannerNode(ModelNode):
         self.subscription(Image, 'ami/latent', self._on_latent)
         if self._position:
             self.subscription(JointState, 'joint_states', self._on_joint_states)
-        self.subscription(Image, 'ami/goal_image', self._on_goal_image)
-        self.subscription(PoseStamped, 'ami/goal_pose', self._on_goal_pose)
+        # Goals: a volatile subscription (any publisher, e.g. `ros2 topic pub`) and a latched
+        # one, which hands a (re)started planner the goal a transient-local publisher keeps.
+        # A goal arriving on both is taken once (same stamp and kind).
+        # (A volatile publisher is "incompatible" with the latched one: its messages come in
+        # through the volatile subscription, so rclpy's warning about it is silenced.)
+        quiet = SubscriptionEventCallbacks(incompatible_qos=lambda info: None)
+        for qos, events in ((10, None), (latched_qos(), quiet)):
+            self.subscription(Image, 'ami/goal_image', self._once(self._on_goal_image), qos,
+                              event_callbacks=events)
+            self.subscription(PoseStamped, 'ami/goal_pose', self._once(self._on_goal_pose),
+                              qos, event_callbacks=events)
         self.service(SetBool, 'ami/enable', self._on_enable)
         self.service(Trigger, '~/clear_goal', self._on_clear_goal)
         self.timer(self._dt, self._on_timer)
@@ -356,6 +367,18 @@ class PlannerNode(ModelNode):
     def _reject_goal(self, what: str, reason: str) -> None:
         self.counts['rejected_goals'] += 1
         self.record_error('goal', f'rejected {what}: {reason}')
+
+    def _once(self, callback):
+        """``callback`` for goal messages, skipping one already taken through the other QoS."""
+        def on_goal(msg) -> None:
+            key = (type(msg).__name__, msg.header.stamp.sec, msg.header.stamp.nanosec,
+                   msg.header.frame_id)
+            if key == self._last_goal_key and key[1:3] != (0, 0):
+                return
+            self._last_goal_key = key
+            callback(msg)
+        on_goal.__name__ = callback.__name__
+        return on_goal
 
     def _on_goal_image(self, msg: Image) -> None:
         if self.mpc is None:
