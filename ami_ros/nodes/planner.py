@@ -238,6 +238,7 @@ class PlannerNode(ModelNode):
         self._last_command = None  # (A,) the last command published
         self._hold_target = None
         self._last_control = -np.inf  # node-clock time of the last control tick
+        self._last_frame_tick = -np.inf  # ... and of the last one a camera frame drove
         self._last_sent = -np.inf     # ... and of the last command sent
         self.enabled = config.start_enabled
         inputs = ('frame', 'belief') + (('joint_states',) if self._position else ())
@@ -351,6 +352,7 @@ class PlannerNode(ModelNode):
         self.mpc.set_belief(self._hist, stamp)
         if (msg.header.frame_id and self.params.config.replan_on == 'frame'
                 and self.now() - self._last_control >= 0.5 * self._dt):
+            self._last_frame_tick = self.now()
             self._tick()
 
     def _on_joint_states(self, msg: JointState) -> None:
@@ -454,9 +456,11 @@ class PlannerNode(ModelNode):
     # -- the control tick -----------------------------------------------------------------------
 
     def _on_timer(self) -> None:
-        # replan_on=frame: frames drive the loop, the timer steps in when they stop coming
+        # replan_on=frame: frames drive the loop, the timer steps in when they stop coming.
+        # Only a frame-driven tick defers the timer: once frames stop, the timer acts at every
+        # period (so the watchdog holds within stale_timeout + one period).
         if self.params.config.replan_on == 'frame' and \
-                self.now() - self._last_control < 1.5 * self._dt:
+                self.now() - self._last_frame_tick < 1.5 * self._dt:
             return
         self._tick()
 
