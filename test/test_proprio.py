@@ -136,3 +136,21 @@ def test_training_runs_every_phase_on_generated_arm_reach(tmp_path):
     model = load_checkpoint(tmp_path / 'run' / 'model')
     assert model.has_proprio and len(model.config.proprio.ee_mean) == 3
     assert 'val_pred_1step_proprio' in summary['val']
+    scale = model.innovation_scale  # measured on held-out episodes at the end of training
+    assert scale is not None and scale.shape == (model.latent_dim,) and bool((scale > 0).all())
+
+
+def test_innovations_are_scored_in_units_of_the_typical_error():
+    from ami_ros.estimation import BeliefConfig, BeliefFilter
+
+    scale = torch.tensor([1.0, 0.01])  # the second dimension is predicted 100x better
+    filt = BeliefFilter(BeliefConfig(gain=1.0, dt=0.1), lambda z, a: z, None, scale)
+    filt.reset(torch.zeros(2), 0.0)
+    filt.predict(torch.zeros(1))
+    step = filt.update(torch.tensor([0.0, 0.05]), 0.1)  # small in value, 5 typical errors
+    assert step.error == pytest.approx((0.5 * 5.0 ** 2) ** 0.5)
+    plain = BeliefFilter(BeliefConfig(gain=1.0, dt=0.1), lambda z, a: z)
+    plain.reset(torch.zeros(2), 0.0)
+    plain.predict(torch.zeros(1))
+    assert plain.update(torch.tensor([0.0, 0.05]), 0.1).error == pytest.approx(
+        (0.5 * 0.05 ** 2) ** 0.5)

@@ -94,7 +94,8 @@ class LatentMPC:
         """Forget belief, plan and last command (new episode); goals and calibration stay."""
         self.planner.reset()
         self.monitor.reset()
-        self.filter = BeliefFilter(self.config.belief, self._predict_one, self.monitor)
+        self.filter = BeliefFilter(self.config.belief, self._predict_one, self.monitor,
+                                   getattr(self.model, 'innovation_scale', None))
         self._hist: deque[torch.Tensor] = deque(maxlen=int(self.model.history))  # (D,) each
         self._command: Optional[np.ndarray] = None  # (A,) the command in force
         # the posture reader on the latest frame: its end-effector reading (E,) and that

@@ -102,7 +102,8 @@ class FilterStep:
     """'init', 'fused', 'late', 'gated', 'reset', 'reset_stale', 'predicted', 'nan_prediction',
     'rejected_nan', 'rejected_old', 'uninitialized'."""
     error: Optional[float] = None
-    """RMS of the innovation z_obs - z_pred at the observation's stamp (fused observations)."""
+    """RMS of the innovation z_obs - z_pred at the observation's stamp (fused observations), per
+    dimension in units of the model's typical one-step error when it has measured them."""
     surprise: Optional[float] = None
     """Surprise score of that error, when the filter has a monitor."""
     lag_steps: int = 0
@@ -123,9 +124,13 @@ class BeliefFilter:
     """Constant-gain latent filter with predict-only steps and latency compensation."""
 
     def __init__(self, config: BeliefConfig, predict: Predict,
-                 surprise: Optional[SurpriseMonitor] = None):
+                 surprise: Optional[SurpriseMonitor] = None,
+                 innovation_scale: Optional[torch.Tensor] = None):
         self.predict_fn = predict
         self.surprise = surprise
+        # (D,) typical one-step error per dimension: innovations are measured in these units
+        self.innovation_scale = None if innovation_scale is None else \
+            torch.as_tensor(innovation_scale, dtype=torch.float64).detach().cpu()
         self.config = config
         self._steps: deque[_Step] = deque(maxlen=int(config.history))
         self._gated = 0  # observations gated in a row
@@ -207,8 +212,11 @@ class BeliefFilter:
         if abs(self._steps[k].stamp - stamp) > tol:
             return FilterStep(self.z, self.stamp, 'rejected_old')
         step = self._steps[k]
-        innovation = obs - step.prior
-        error = float(innovation.double().pow(2).mean().sqrt())
+        innovation = (obs - step.prior).double()
+        if self.innovation_scale is not None and \
+                innovation.shape[-1:] == self.innovation_scale.shape:
+            innovation = innovation / self.innovation_scale.to(innovation.device)
+        error = float(innovation.pow(2).mean().sqrt())
         score = self.surprise.update(error) if self.surprise is not None else None
         threshold, gate = self.config.reset_threshold, self.config.gate_threshold
         reset = threshold is not None and score > float(threshold)

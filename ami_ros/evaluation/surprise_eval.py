@@ -148,7 +148,7 @@ def run_episode(scene: Scene, agent: LatentMPC, cfg: SurpriseEvalConfig, kind: s
         if occluded:
             image = image.copy()
             image[y0:y0 + side, x0:x0 + side] = 0
-        step = agent.observe(image, t * dt, commanded)
+        step = agent.observe(image, t * dt, commanded, joints=scene.joint_positions)
         if step.surprise is not None:
             scores[t], errors[t] = step.surprise, step.error
         # label of this frame; ``last``: the last frame that can show the anomaly

@@ -197,6 +197,9 @@ class ModelConfig:
     """Per-joint mean of the training actions (rad); actions are normalised inside the model."""
     action_std: tuple[float, ...] = ()
     """Per-joint standard deviation of the training actions (rad)."""
+    innovation_scale: tuple[float, ...] = ()
+    """Per-dimension RMS one-step prediction error of the state on held-out data, measured
+    after training; the belief filter scores surprise in these units (empty = plain RMS)."""
 
     @property
     def proprio_dim(self) -> int:
@@ -231,6 +234,9 @@ class ModelConfig:
         self.probes = tuple(p if isinstance(p, ProbeSpec) else ProbeSpec(**p) for p in self.probes)
         names = [p.name for p in self.probes]
         _check(len(set(names)) == len(names), 'model.probes', names, 'must have unique names')
+        self.innovation_scale = tuple(float(v) for v in self.innovation_scale)
+        _check(all(v > 0 for v in self.innovation_scale), 'model.innovation_scale',
+               self.innovation_scale, 'must be > 0')
         self.action_mean = tuple(float(v) for v in self.action_mean)
         self.action_std = tuple(float(v) for v in self.action_std)
         if self.action_dim:

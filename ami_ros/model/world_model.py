@@ -103,6 +103,14 @@ class WorldModel(nn.Module):
         return self.reader is not None
 
     @property
+    def innovation_scale(self) -> torch.Tensor | None:
+        """(D,) typical one-step prediction error per state dimension, if measured."""
+        s = self.config.innovation_scale
+        if len(s) != self.latent_dim:
+            return None
+        return torch.tensor(s, dtype=torch.float32, device=self.device)
+
+    @property
     def action_dim(self) -> int:
         return self.config.action_dim
 

@@ -129,7 +129,8 @@ class WorldModelNode(ModelNode):
         self.monitor = SurpriseMonitor(SurpriseConfig(
             window=config.surprise_window, min_count=min(10, config.surprise_window),
             threshold=config.surprise_threshold))
-        self.filter = BeliefFilter(self._belief_config(config), self._predict, self.monitor)
+        self.filter = BeliefFilter(self._belief_config(config), self._predict, self.monitor,
+                                   getattr(self.model, 'innovation_scale', None))
         self._commands: list[tuple[float, np.ndarray]] = []  # (time, action) oldest first
         self._measured: np.ndarray | None = None
         self._measured_stamp = -math.inf
@@ -293,7 +294,8 @@ class WorldModelNode(ModelNode):
         now = self.now()
         steps = int(math.floor((now - self.filter.stamp) / self._dt + 1e-6))
         if steps < -self.params.config.max_predict_steps:  # the clock went back: a restarted sim
-            self.filter = BeliefFilter(self.filter.config, self._predict, self.monitor)
+            self.filter = BeliefFilter(self.filter.config, self._predict, self.monitor,
+                                       self.filter.innovation_scale)
             return self.record_error('clock', 'node clock jumped back: belief reset', 'warn')
         if steps > self.params.config.max_predict_steps:
             return self.record_error('stale', f'no frame for {now - self.filter.stamp:.2f} s: '

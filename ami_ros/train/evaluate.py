@@ -113,6 +113,35 @@ def rollout_errors(model: WorldModel, episodes: list[Episode], latents: list[tor
 
 
 @torch.no_grad()
+def one_step_error_scale(model: WorldModel, episodes: list[Episode], max_windows: int = 4000,
+                         seed: int = 0) -> np.ndarray:
+    """Per-dimension RMS of the one-step prediction error (D,) on these episodes.
+
+    The belief filter divides innovations by it, so a dimension the model predicts precisely
+    (a joint position) weighs in the surprise as much as a noisy one (a visual feature).
+    """
+    k, m = model.history, model.config.predictor.action_history
+    latents = encode_episodes(model, episodes)
+    pairs = [(e, t) for e, ep in enumerate(episodes) for t in range(k - 1, len(ep) - 1)]
+    if not pairs:
+        raise ValueError('one_step_error_scale: episodes are too short')
+    if len(pairs) > max_windows:
+        keep = np.random.default_rng(seed).choice(len(pairs), max_windows, replace=False)
+        pairs = [pairs[i] for i in np.sort(keep)]
+    sq = torch.zeros(model.latent_dim, dtype=torch.float64)
+    for i in range(0, len(pairs), 512):
+        chunk = pairs[i:i + 512]
+        z_hist = torch.stack([latents[e][t - k + 1:t + 1] for e, t in chunk])
+        z_next = torch.stack([latents[e][t + 1] for e, t in chunk])
+        acts = torch.stack([torch.from_numpy(np.asarray(
+            episodes[e].actions[t - m + 1:t + 1], dtype=np.float32)) for e, t in chunk])
+        pred = model.rollout_normalized(z_hist.to(model.device),
+                                        model.normalize_actions(acts.to(model.device)))[:, 0]
+        sq += (pred.cpu() - z_next).double().square().sum(0)
+    return np.maximum(np.sqrt(sq.numpy() / len(pairs)), 1e-6)
+
+
+@torch.no_grad()
 def probe_metrics(model: WorldModel, latents: torch.Tensor,
                   episodes: list[Episode]) -> dict[str, dict[str, float]]:
     """{name: {'error', 'baseline', 'units'}} for every probe whose target the episodes have."""

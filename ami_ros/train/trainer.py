@@ -50,7 +50,7 @@ from ami_ros.model.losses import effective_rank, latent_variance, sigreg, vicreg
 from ami_ros.model.world_model import WorldModel
 from ami_ros.train.dataset import (DataError, WindowDataset, action_stats, check_episodes,
                                    proprio_stats)
-from ami_ros.train.evaluate import encode_episodes, rollout_errors
+from ami_ros.train.evaluate import encode_episodes, one_step_error_scale, rollout_errors
 from ami_ros.train.probing import train_probes
 from ami_ros.train.reader import train_reader
 
@@ -396,6 +396,10 @@ class Trainer:
                                                  self.val_episodes, self.cfg.reader, seed=tc.seed)
             summary['probes'] = train_probes(self.model, self.train_episodes, self.val_episodes,
                                              self.cfg.probe, seed=tc.seed)
+            if self.model.has_proprio:
+                scale = one_step_error_scale(self.model, self.val_episodes or
+                                             self.train_episodes, seed=tc.seed)
+                self.model.config.innovation_scale = tuple(float(v) for v in scale)
             summary['checkpoint'] = str(save_checkpoint(self.model, self.out / 'model',
                                                         self.training_info(summary)))
             self.write_logs(summary)
