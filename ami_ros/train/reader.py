@@ -142,7 +142,7 @@ def train_reader(model: WorldModel, train_episodes: list[Episode], val_episodes:
         loss.backward()
         opt.step()
         if (step + 1) % 500 == 0:
-            log.info('reader step %d/%d: loss %.4f', step + 1, config.steps, float(loss))
+            log.info("reader step %d/%d: loss %.4f", step + 1, config.steps, loss.item())
     model.eval()
     out = {}
     if val_episodes:
