@@ -23,6 +23,7 @@ COMMANDS = {
                   'closed-loop latent MPC vs random vs oracle in the simulator'),
     'eval-surprise': ('ami_ros.cli.eval_surprise', 'surprise score on injected anomalies (AUROC)'),
     'bringup': ('ami_ros.cli.bringup', 'run the nodes (and the sim) in one process'),
+    'fuzz': ('ami_ros.cli.fuzz', 'malformed messages into the running stack: it must survive'),
 }
 
 

@@ -144,6 +144,8 @@ class ProprioConfig:
     """Reader: hidden width of the MLP from keypoints to (q, ee)."""
     fk_hidden: int = 256
     """Forward-kinematics head: hidden width of the MLP q -> ee."""
+    joint_hidden: int = 128
+    """Joint predictor: hidden width of the MLP (joint history, commands) -> next joints."""
     joint_mean: tuple[float, ...] = ()
     """Per-joint mean of the training joint positions (rad); filled from the data."""
     joint_std: tuple[float, ...] = ()
@@ -159,7 +161,7 @@ class ProprioConfig:
                'model.proprio.reader_channels', self.reader_channels,
                'must be >= 2 positive channel counts')
         _check(0 <= self.ee_dim <= 7, 'model.proprio.ee_dim', self.ee_dim, 'must be in [0, 7]')
-        for name in ('reader_keypoints', 'reader_hidden', 'fk_hidden'):
+        for name in ('reader_keypoints', 'reader_hidden', 'fk_hidden', 'joint_hidden'):
             _check(1 <= int(getattr(self, name)) <= 4096, f'model.proprio.{name}',
                    getattr(self, name), 'must be in [1, 4096]')
         for name in ('joint_mean', 'joint_std', 'ee_mean', 'ee_std'):
@@ -426,7 +428,11 @@ class ReaderTrainConfig:
     steps: int = 3000
     """Optimiser steps of the reader phase."""
     batch_size: int = 64
-    """Frames per step (half from the sweep when there is one)."""
+    """Frames per step."""
+    sweep_fraction: float = 0.5
+    """Share of each batch drawn from the calibration sweep (when there is one); the rest are
+    logged frames. Goal photos look like the sweep; logged frames are what the goal refinement
+    reads."""
     lr: float = 2e-3
     """Peak AdamW learning rate (one-cycle schedule)."""
     sweep_scene: str = ''
@@ -443,6 +449,8 @@ class ReaderTrainConfig:
         _check(0 < self.lr < 1, 'reader.lr', self.lr, 'must be in (0, 1)')
         _check(0 <= self.sweep_frames <= 10**6, 'reader.sweep_frames', self.sweep_frames,
                'must be in [0, 1e6]')
+        _check(0.0 <= self.sweep_fraction <= 1.0, 'reader.sweep_fraction', self.sweep_fraction,
+               'must be in [0, 1]')
 
 
 @dataclass

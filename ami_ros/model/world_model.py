@@ -63,12 +63,14 @@ class WorldModel(nn.Module):
         p = config.predictor
         self.predictor = Predictor(config.state_dim, config.action_dim, p.history,
                                    p.action_history, p.hidden, p.layers, p.norm)
-        self.reader = self.fk = None
+        self.reader = self.fk = self.joint_predictor = None
         if config.proprio.enabled:
             pc, j = config.proprio, config.action_dim
             self.reader = PostureReader(pc.reader_channels, pc.reader_keypoints,
                                         pc.reader_hidden, config.proprio_dim)
             self.fk = ForwardKinematics(j, pc.ee_dim, pc.fk_hidden) if pc.ee_dim else None
+            self.joint_predictor = Predictor(j, config.action_dim, p.history, p.action_history,
+                                             pc.joint_hidden, 2, norm=False)
             stats = {'joint_mean': (pc.joint_mean, j, 0.0), 'joint_std': (pc.joint_std, j, 1.0),
                      'ee_mean': (pc.ee_mean, pc.ee_dim, 0.0), 'ee_std': (pc.ee_std, pc.ee_dim, 1.0)}
             for name, (values, n, default) in stats.items():
@@ -225,7 +227,27 @@ class WorldModel(nn.Module):
 
     def predict(self, z_hist: torch.Tensor, a_hist: torch.Tensor) -> torch.Tensor:
         """One step: z_hist (B, k, D), physical actions a_hist (B, m, A) -> (B, D)."""
-        return self.predictor(z_hist, self.normalize_actions(a_hist))
+        return self.step(z_hist, self.normalize_actions(a_hist))
+
+    def step(self, z_hist: torch.Tensor, a_hist: torch.Tensor) -> torch.Tensor:
+        """One step on normalised actions: (..., k, D), (..., m, A) -> next state (..., D).
+
+        Without proprioception: the predictor. With it, the visual latent comes from the
+        predictor (which sees the whole state history), the joints from the joint predictor
+        (which sees the joint history and the commands only: a servo's motion does not depend
+        on what the camera sees) and the end effector from the forward kinematics of those
+        joints, so the state's parts stay consistent.
+        """
+        if self.reader is None:
+            return self.predictor(z_hist, a_hist)
+        d, j = self.visual_dim, self.action_dim
+        z_next = self.predictor(z_hist, a_hist)[..., :d]
+        q_hist = z_hist[..., d:d + j]                                     # (..., k, J)
+        q_next = self.joint_predictor(q_hist, a_hist)                     # (..., J)
+        parts = [z_next, q_next]
+        if self.fk is not None:
+            parts.append(self.fk(q_next * self.joint_std + self.joint_mean))
+        return torch.cat(parts, dim=-1)
 
     def rollout(self, z_hist: torch.Tensor, actions: torch.Tensor,
                 past_actions: torch.Tensor | None = None) -> torch.Tensor:
@@ -271,7 +293,7 @@ class WorldModel(nn.Module):
         m = self.config.predictor.action_history
         preds = []
         for h in range(a_seq.shape[1] - m + 1):
-            z_next = self.predictor(z_hist, a_seq[:, h:h + m])        # (B, D)
+            z_next = self.step(z_hist, a_seq[:, h:h + m])             # (B, D)
             preds.append(z_next)
             z_hist = torch.cat([z_hist[:, 1:], z_next.unsqueeze(1)], dim=1)
         return torch.stack(preds, dim=1)                              # (B, H, D)

@@ -119,7 +119,8 @@ def train_reader(model: WorldModel, train_episodes: list[Episode], val_episodes:
         torch.cat([labels[:, model.action_dim:], sweep_labels[:, model.action_dim:]])
         if sweep is not None else labels[:, model.action_dim:])
     gen = torch.Generator().manual_seed(seed + 11)
-    half = config.batch_size // 2 if sweep is not None else config.batch_size
+    half = config.batch_size - int(round(config.batch_size * config.sweep_fraction)) \
+        if sweep is not None else config.batch_size
     warm = max(1, config.steps // 10)
     model.reader.train()
     for step in range(config.steps):

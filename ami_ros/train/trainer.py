@@ -180,7 +180,7 @@ class Objective(nn.Module):
             # every target frame j = k..L-1 predicted from the true states j-k..j-1
             s_win = state.unfold(1, k, 1)[:, :horizon].transpose(-1, -2)           # (B, H, k, D)
             a_win = a.unfold(1, m, 1)[:, k - m:length - m].transpose(-1, -2)       # (B, H, m, A)
-            pred1 = model.predictor(s_win, a_win)                                  # (B, H, D)
+            pred1 = model.step(s_win, a_win)                                       # (B, H, D)
             total = total + pred_loss('pred_1step', pred1, cfg.teacher_forcing_weight)
         if cfg.rollout_weight > 0:
             roll = model.rollout_normalized(state[:, :k], a[:, k - m:length - 1])  # (B, H, D)
