@@ -154,3 +154,18 @@ def test_innovations_are_scored_in_units_of_the_typical_error():
     plain.predict(torch.zeros(1))
     assert plain.update(torch.tensor([0.0, 0.05]), 0.1).error == pytest.approx(
         (0.5 * 0.05 ** 2) ** 0.5)
+
+
+def test_inference_backends_serve_the_proprio_parts():
+    from ami_ros.inference import BackendConfig, make_backend
+
+    model = proprio_model(seed=2)
+    backend = make_backend('torch', model, BackendConfig(device='cpu'))
+    assert backend.has_proprio and backend.latent_dim == model.latent_dim
+    assert {'joint_positions', 'ee_position'} <= set(backend.probe_names)
+    x, q = images(2), torch.tensor([[0.3, 0.1], [-0.2, 0.4]])
+    with torch.no_grad():
+        read = backend.encode(x)
+        assert torch.allclose(backend.with_joints(read, q), model.encode(x, q), atol=1e-6)
+        assert torch.allclose(backend.probe(model.encode(x, q))['joint_positions'], q, atol=1e-6)
+    assert backend.state_slices() == model.state_slices()

@@ -13,12 +13,15 @@ simulator's ``rejected_commands``) and the worst ``/diagnostics`` level reported
 
 It holds when every child process is still alive at the end, every command the planner sent
 during the run is finite and inside the URDF position limits, the planner still commands after
-the fuzz and every node still reports on ``/diagnostics``; exit code 0 then, 1 otherwise. Two
-kinds are valid but unusual frames (1280x960 camera frames, set ``is_bigendian`` flags): those
-must be *accepted*, seen as latents coming back from perception. A kind no node counted or
-reported is listed as ``IGNORED``; an exception caught by a node's callback guard (the input was
-dropped, but by accident) as ``EXCEPTION``. The table (one JSON object with ``--json``) and
-``fuzz.json`` go to stdout and ``--out``, the children's logs to ``--out``/logs.
+the fuzz, every node still reports on ``/diagnostics`` and no kind made a node's callback raise
+(an exception its callback guard caught: the process lives, but the input - and whatever else
+that callback would have done - was dropped by accident; ``EXCEPTION``); exit code 0 then, 1
+otherwise. Two kinds are valid but unusual frames (1280x960 camera frames, set ``is_bigendian``
+flags): those must be *accepted*, seen as latents coming back from perception (``REFUSED`` if a
+node counted them as errors). A kind no node counted or reported is listed as ``IGNORED``, a
+finding that does not fail the run. ``--no-goal`` fuzzes the idle stack (no goal: no commands
+in force). The table (one JSON object with ``--json``) goes to stdout, ``fuzz.json`` to
+``--out`` and the children's logs to ``--out``/logs.
 """
 from __future__ import annotations
 
@@ -134,6 +137,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument('--seed', type=int, default=0, help='seed of the malformed messages')
     p.add_argument('--kinds', nargs='+', choices=KIND_NAMES, default=None, metavar='KIND',
                    help=f'only these kinds (default: all): {", ".join(KIND_NAMES)}')
+    p.add_argument('--no-goal', action='store_true',
+                   help='fuzz the stack idle: no goal, so the planner sends no command (and the '
+                        'world model predicts with the measured joints instead)')
     p.add_argument('--large-frames', type=int, default=40,
                    help='at most this many 1280x960 frames in the image_large_frames burst')
     p.add_argument('--checkpoint', default='arm_reach',
@@ -759,6 +765,7 @@ class Fuzzer:
                    signal_handler_options=SignalHandlerOptions.NO)
         self.executor = self.node = None
         blocks, after, baseline, goal, startup_s = [], {}, {}, None, None
+        commanding = not self.args.no_goal
         try:
             try:
                 self.stack.start()
@@ -766,10 +773,13 @@ class Fuzzer:
                      f'{self.domain}, model {self.checkpoint}; logs in {self.stack.log_dir}')
                 self._setup(context)
                 self._wait_ready()
-                goal = self._send_goal()
+                if commanding:
+                    goal = self._send_goal()
+                else:  # for the goal kinds' reachable positions only
+                    goal = self.messages.goal = self.sim_goal.copy()
                 startup_s = time.monotonic() - wall0
-                _log(f'fuzz: stack up and commanding in {startup_s:.1f} s; goal '
-                     f'{np.round(goal, 3).tolist()}')
+                _log('fuzz: stack up' + (' and commanding' if commanding else ', no goal sent')
+                     + f' in {startup_s:.1f} s; goal {np.round(goal, 3).tolist()}')
                 self._wait_matched()
                 baseline = self._baseline()
                 for kind, n in zip(self.kinds, self._shares().values()):
@@ -778,7 +788,7 @@ class Fuzzer:
                     _log(f'fuzz: {kind.name}: sent {b["sent"]}, counted {b["counted"]}'
                          + (f', accepted {b["accepted"]}' if b['accepted'] is not None else '')
                          + f', level {b["level"] or "-"}: {b["outcome"]}')
-                after = self._after()
+                after = self._after(commanding)
             except StackDied as e:
                 self._record_crash(str(e), blocks)
             finally:
@@ -801,11 +811,11 @@ class Fuzzer:
         self._settle(t)
         return {s: _counted(before[s], self._last(s), s) for s in SOURCES}
 
-    def _after(self) -> dict:
+    def _after(self, commanding: bool) -> dict:
         """Whether the planner commands again and every node still reports, after the fuzz."""
         t0, n0 = time.monotonic(), self.commands
         resumed = self._spin_until(lambda: self.commands >= n0 + 3,
-                                   float(self.args.resume_timeout))
+                                   float(self.args.resume_timeout)) if commanding else None
         resumed_s = time.monotonic() - t0 if resumed else None
         t = time.monotonic()
         reporting = self._spin_until(
@@ -856,19 +866,23 @@ class Fuzzer:
             failures.append(f'not alive at the end: {", ".join(dead)}')
         if self.unsafe_count:
             failures.append(f'{self.unsafe_count} unsafe planner commands')
-        if self.commands == 0:
+        if self.commands == 0 and not self.args.no_goal:
             failures.append('no planner command was checked')
-        if not self.crash and after and not after['resumed']:
+        if not self.crash and after and after['resumed'] is False:
             failures.append(f'the planner did not command again within '
                             f'{self.args.resume_timeout} s after the fuzz')
         if not self.crash and after and not after['all_reporting']:
             failures.append(f'no /diagnostics after the fuzz from {", ".join(after["silent"])}')
         if not self.crash and len(blocks) < len(self.kinds):
             failures.append('not every kind was sent')
+        for b in blocks:
+            if b['outcome'] in ('EXCEPTION', 'REFUSED'):
+                failures.append(f'{b["kind"]}: ' + ('a callback raised: ' + b['exceptions'][0]
+                                                    if b['exceptions'] else 'valid frames refused'))
         return {
             'ok': not failures, 'failures': failures,
             'kinds': blocks, 'messages_sent': sent, 'messages_requested': self.args.messages,
-            'rate_hz': self.args.rate, 'seed': self.args.seed,
+            'rate_hz': self.args.rate, 'seed': self.args.seed, 'goal_sent': not self.args.no_goal,
             'processes_alive': all(alive.values()) and bool(alive), 'alive': alive,
             'exit_codes': exit_codes, 'crash': self.crash,
             'commands_checked': self.commands, 'unsafe_commands': self.unsafe_count,
@@ -907,12 +921,13 @@ def print_table(summary: dict) -> None:
     console.print(table)
     alive = ', '.join(f'{n} {"alive" if a else "DEAD"}' for n, a in summary['alive'].items())
     resumed = summary.get('resumed_s')
+    after = 'no goal sent' if not summary['goal_sent'] else \
+        f'yes ({resumed:.1f} s)' if resumed is not None else 'NO'
     console.print(
         f'{summary["messages_sent"]} messages sent at {summary["rate_hz"]:g} Hz; processes: '
         f'{alive}; {summary["commands_checked"]} planner commands checked, '
-        f'{summary["unsafe_commands"]} unsafe; commanding after the fuzz: '
-        + (f'yes ({resumed:.1f} s)' if resumed is not None else 'NO')
-        + f'; wall time {summary["wall_s"]:.0f} s')
+        f'{summary["unsafe_commands"]} unsafe; commanding after the fuzz: {after}; wall time '
+        f'{summary["wall_s"]:.0f} s')
     if summary['crash']:
         c = summary['crash']
         console.print(f'[red]CRASH[/]: {c["error"]} during {c["during_kind"]} (log {c["log"]})')

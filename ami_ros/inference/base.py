@@ -24,6 +24,7 @@ file, engine built for another GPU or TensorRT, no GPU), logging one line for ea
 from __future__ import annotations
 
 import abc
+import copy
 import hashlib
 import importlib
 import logging
@@ -148,7 +149,8 @@ class ModelSpec:
     def of(cls, model) -> 'ModelSpec':
         """The spec of a :class:`WorldModel`."""
         cfg = model.config
-        return cls(int(cfg.latent_dim), int(cfg.action_dim), int(cfg.predictor.history),
+        # the state's size: the visual latent, plus joints and end effector with proprioception
+        return cls(int(model.latent_dim), int(cfg.action_dim), int(cfg.predictor.history),
                    int(cfg.predictor.action_history), int(cfg.image_size),
                    tuple((p.name, int(p.dim)) for p in cfg.probes))
 
@@ -348,7 +350,57 @@ class InferenceBackend(abc.ABC):
 
     @property
     def probe_names(self) -> tuple[str, ...]:
-        return tuple(n for n, _ in self.spec.probes)
+        names = tuple(n for n, _ in self.spec.probes)
+        if self._proprio is not None:
+            names += tuple(n for n in self._proprio.probe_names if n not in names)
+        return names
+
+    # ---------------------------------------------------------------- proprioception (v2)
+    # A model with joint states in its state: the small, exact parts of it (standardisation,
+    # forward kinematics) run in torch on the CPU next to any runtime.
+    _proprio = None
+
+    def attach_proprio(self, model) -> None:
+        """Serve ``model``'s proprioceptive parts (a WorldModel with ``proprio.enabled``)."""
+        self._proprio = copy.deepcopy(model).cpu().eval() \
+            if getattr(model, 'has_proprio', False) else None
+
+    @property
+    def has_proprio(self) -> bool:
+        return self._proprio is not None
+
+    @property
+    def visual_dim(self) -> int:
+        return self._proprio.visual_dim if self._proprio is not None else self.latent_dim
+
+    @property
+    def innovation_scale(self) -> Optional[torch.Tensor]:
+        return self._proprio.innovation_scale if self._proprio is not None else None
+
+    def state_slices(self) -> dict:
+        return self._proprio.state_slices() if self._proprio is not None else \
+            {'visual': slice(0, self.latent_dim)}
+
+    @torch.no_grad()
+    def with_joints(self, state: torch.Tensor, joints) -> torch.Tensor:
+        """``state`` (..., D) with its proprio part from measured ``joints`` (..., J)."""
+        if self._proprio is None:
+            raise ValueError('this model has no joint states in its state')
+        out = self._proprio.with_joints(state.detach().float().cpu(),
+                                        torch.as_tensor(joints, dtype=torch.float32).cpu())
+        return out.to(device=state.device, dtype=state.dtype)
+
+    def decode_proprio(self, z: torch.Tensor, part: str) -> torch.Tensor:
+        """The state's ``joints`` (rad) or ``ee`` (m) part in physical units."""
+        if self._proprio is None:
+            raise ValueError('this model has no joint states in its state')
+        m = self._proprio
+        stats = {'joints': (m.joint_mean, m.joint_std), 'ee': (m.ee_mean, m.ee_std)}
+        sl = m.state_slices().get(part)
+        if sl is None:
+            raise ValueError(f'the state has no {part!r} part')
+        mean, std = (t.to(device=z.device, dtype=z.dtype) for t in stats[part])
+        return z[..., sl] * std + mean
 
     @property
     def horizon(self) -> int:
@@ -417,12 +469,17 @@ class InferenceBackend(abc.ABC):
                              f'{_dtype(z)} {_shape(z)}')
         if z.dim() < 1 or z.shape[-1] != d or z.numel() == 0:
             raise ValueError(f'{self.name}.probe: z must be (..., D={d}), got {_shape(z)}')
-        if not self.spec.probes:
-            return {}
-        lead = z.shape[:-1]
-        flat = z.to(device=self.device, dtype=torch.float32).reshape(-1, d).contiguous()
-        out = self._probe(flat)
-        return {name: out[name].reshape(*lead, dim) for name, dim in self.spec.probes}
+        out = {}
+        if self.spec.probes:
+            lead = z.shape[:-1]
+            flat = z.to(device=self.device, dtype=torch.float32).reshape(-1, d).contiguous()
+            heads = self._probe(flat)
+            out = {name: heads[name].reshape(*lead, dim) for name, dim in self.spec.probes}
+        if self._proprio is not None:
+            out['joint_positions'] = self.decode_proprio(z, 'joints')
+            if 'ee' in self.state_slices():
+                out['ee_position'] = self.decode_proprio(z, 'ee')
+        return out
 
     def plan_search(self, planner, cost):
         """Return a ``search`` for ``planner.plan`` running whole plans here, or None.
@@ -470,6 +527,8 @@ def make_backend(name: str, checkpoint=None,
         try:
             backend_cls = getattr(importlib.import_module(module), cls)
             backend = backend_cls(source, config)
+            if source.available:
+                backend.attach_proprio(source.model())
         except BackendUnavailable as exc:
             failures.append(f'{candidate}: {exc}')
             if i + 1 < len(order):
