@@ -19,10 +19,10 @@ pytest.importorskip('mujoco', reason='the arm_reach scene needs MuJoCo')
 
 from ami_ros.cli.fuzz import KIND_NAMES, Messages  # noqa: E402
 
-KNOWN_SILENT = {'joint_states_nan'}
-"""Kinds the nodes drop without counting them (today: the planner skips a JointState with
-NaN/inf positions and world_model keeps it, neither counts it nor reports it on /diagnostics).
-A node that starts counting one fails this test: take the kind out of this set then."""
+KNOWN_SILENT: set = set()
+"""Kinds the nodes would drop without counting them (none: a JointState with NaN/inf positions
+used to be skipped by the planner and kept by world_model without a word; both now drop and
+count it). A node that starts counting one fails this test: take the kind out of this set."""
 LOSSY = {'image_large_frames'}
 """Valid frames that may all be lost on the way: 3.7 MB messages on the camera's best-effort
 sensor-data QoS travel as UDP fragments, and most of them never arrive."""
@@ -86,12 +86,14 @@ def test_fuzz_the_running_stack(ros_env, tiny_arm_model, tmp_path):
     assert kinds['forward_nan']['counted_by'].get('sim', 0) > 0
 
 
-@pytest.mark.xfail(strict=True, reason='world_model keeps a JointState with NaN/inf positions; '
-                   'with no command in force it predicts with them, BeliefFilter.predict raises '
-                   'and the guarded callbacks drop the tick and real camera latents')
 @pytest.mark.timeout(240)
 def test_nan_joint_states_while_idle(ros_env, tiny_arm_model, tmp_path):
-    """With no goal the world model steps its belief with the measured joints."""
+    """With no goal the world model steps its belief with the measured joints.
+
+    It once kept a JointState with NaN/inf positions; with no command in force it predicted
+    with them, BeliefFilter.predict raised and the guarded callbacks dropped the tick and real
+    camera latents. Such joint states are now dropped and counted.
+    """
     proc = fuzz(ros_env, tiny_arm_model, tmp_path / 'fuzz', '--no-goal', '--messages', '300',
                 '--kinds', 'joint_states_nan')
     summary = json.loads(proc.stdout)

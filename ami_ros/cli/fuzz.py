@@ -829,8 +829,8 @@ class Fuzzer:
         return {'commands_after_fuzz': self.commands - n0, 'resumed': resumed,
                 'resumed_s': resumed_s, 'all_reporting': reporting, 'silent': silent,
                 'planner': {k: planner.values.get(k) for k in (
-                    'state', 'hold_reason', 'goal', 'commands', 'rejected_goals', 'errors',
-                    'dropped', 'unsafe_blocked')} if planner else {}}
+                    'state', 'hold_reason', 'goal', 'commands', 'hold_ticks', 'rejected_goals',
+                    'errors', 'dropped', 'unsafe_blocked')} if planner else {}}
 
     def _record_crash(self, what: str, blocks: list) -> None:
         # a crash inside a block leaves that block unfinished: it is listed as CRASH

@@ -362,9 +362,12 @@ class PlannerNode(ModelNode):
         except (ValueError, IndexError):
             return self.record_error('joint_states', f'joint_states lacks joints '
                                                      f'{list(self.limits.names)}', 'warn')
-        if np.all(np.isfinite(q)):
-            self._measured = q
-            self.watchdog.feed('joint_states')
+        if not np.all(np.isfinite(q)):
+            self.dropped += 1
+            return self.record_error('joint_states', f'dropped joint_states with NaN/inf '
+                                                     f'positions {q.tolist()}', 'warn')
+        self._measured = q
+        self.watchdog.feed('joint_states')
 
     def _reject_goal(self, what: str, reason: str) -> None:
         self.counts['rejected_goals'] += 1
@@ -373,8 +376,14 @@ class PlannerNode(ModelNode):
     def _once(self, callback):
         """``callback`` for goal messages, skipping one already taken through the other QoS."""
         def on_goal(msg) -> None:
+            # the same message twice: same kind, stamp, frame and content (a corrected goal
+            # re-sent with the same stamp is a new goal)
+            content = bytes(msg.data) if isinstance(msg, Image) else (
+                msg.pose.position.x, msg.pose.position.y, msg.pose.position.z,
+                msg.pose.orientation.x, msg.pose.orientation.y, msg.pose.orientation.z,
+                msg.pose.orientation.w)
             key = (type(msg).__name__, msg.header.stamp.sec, msg.header.stamp.nanosec,
-                   msg.header.frame_id)
+                   msg.header.frame_id, hash(content))
             if key == self._last_goal_key and key[1:3] != (0, 0):
                 return
             self._last_goal_key = key

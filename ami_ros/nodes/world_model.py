@@ -235,7 +235,12 @@ class WorldModelNode(ModelNode):
     def _on_joint_states(self, msg: JointState) -> None:
         try:
             index = [list(msg.name).index(n) for n in self.joint_names]
-            self._measured = np.asarray(msg.position, dtype=np.float64)[index]
+            measured = np.asarray(msg.position, dtype=np.float64)[index]
+            if not np.all(np.isfinite(measured)):
+                self.dropped += 1
+                return self.record_error('joint_states', f'dropped joint_states with NaN/inf '
+                                                         f'positions {measured.tolist()}', 'warn')
+            self._measured = measured
             self._measured_stamp = seconds(msg.header.stamp)
         except (ValueError, IndexError):
             self.record_error('joint_states', f'joint_states lacks joints {self.joint_names}: '
