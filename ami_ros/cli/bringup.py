@@ -104,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.parameter import Parameter
+    from rclpy.utilities import get_default_context
 
+    from ami_ros.nodes.common import prepare_exit
     from ami_ros.nodes.perception import PerceptionNode
     from ami_ros.nodes.planner import PlannerNode
     from ami_ros.nodes.world_model import WorldModelNode
@@ -115,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         print(f'ami-ros bringup: {e}', file=sys.stderr)
         return 2
     rclpy.init(args=ros_args)
+    context = get_default_context()
     logger = rclpy.logging.get_logger('bringup')
     executor = SingleThreadedExecutor()
     nodes = []
@@ -155,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
+        prepare_exit(context)  # exit without walking the heap (see prepare_exit)
     if summary:
         print(json.dumps(summary)) if args.json else _print_table(summary)
     return code

@@ -15,7 +15,8 @@ Nodes stay thin by doing all their ROS glue through these:
   field docstrings become descriptions), validated by that dataclass, bad runtime changes
   rejected in an on-set-parameters callback.
 * :func:`run_node`: the ``main()`` of every node (clean exit on Ctrl-C, a one-line fatal error
-  instead of a traceback for bad parameters).
+  instead of a traceback for bad parameters); :func:`prepare_exit`: its last step, which keeps
+  interpreter exit from walking the heap (a node exits within a fraction of a second of SIGINT).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import array
 import collections
 import dataclasses
 import functools
+import gc
 import inspect
 import math
 import textwrap
@@ -515,16 +517,38 @@ class ConfigParameters(Generic[C]):
 # ------------------------------------------------------------------------------------------------
 # main()
 
+def prepare_exit(context=None) -> None:
+    """Last step of a node process's ``main()``: finalize what is left, then freeze the heap.
+
+    Call it after the nodes are destroyed and rclpy is shut down. One garbage collection
+    finalizes what only a cycle still holds (a handle the executor or a traceback kept in use
+    keeps its rcl node, and with it the process's DDS participant, alive); ``context`` (the one
+    the nodes ran in) is destroyed. Then :func:`gc.freeze` moves every object left out of the
+    collector's sight: at exit CPython collects garbage several more times while it tears the
+    modules down, and with torch, MuJoCo and a model loaded each pass walks a few hundred
+    thousand objects for nothing (0.4-0.9 s of CPU in all, seconds on a busy machine, where a
+    launcher escalates SIGINT to SIGTERM after a few). Exit itself is the usual one (atexit
+    handlers, flushed streams and ROS log files).
+    """
+    gc.collect()
+    if context is not None and hasattr(context, 'destroy'):
+        context.destroy()  # rcl_context_fini now; deferred while something still uses it
+    gc.freeze()
+
+
 def run_node(make_node: Callable[[], Any], args: list[str] | None = None,
              name: str = 'ami_ros') -> int:
     """Init rclpy, build the node, spin it single-threaded until Ctrl-C / SIGTERM, clean up.
 
     Returns the process exit code: 0 after a normal shutdown, 2 when the node refused its
-    parameters (logged as one FATAL line naming the bad value, no traceback).
+    parameters (logged as one FATAL line naming the bad value, no traceback). Meant as the
+    ``main()`` of a node process: it ends with :func:`prepare_exit`.
     """
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.utilities import get_default_context
 
     rclpy.init(args=args)
+    context = get_default_context()
     node = None
     # single-threaded: the multi-threaded executor delivered timers irregularly here
     executor = SingleThreadedExecutor()
@@ -543,4 +567,5 @@ def run_node(make_node: Callable[[], Any], args: list[str] | None = None,
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        prepare_exit(context)
     return 0

@@ -365,6 +365,13 @@ class ModelNode(LifecycleNode):
     def destroy_node(self) -> None:
         self._release()
         super().destroy_node()
+        # rclpy's LifecycleNode leaves its state machine (the lifecycle services and the
+        # transition_event publisher) alive, and with it the rcl node: both went only when the
+        # garbage collector met the node object, at interpreter exit. Free them now, so the node
+        # (and with the process's last node, its DDS participant) is gone when this returns.
+        state_machine = getattr(self, '_state_machine', None)
+        if state_machine is not None:
+            state_machine.destroy_when_not_in_use()
 
 
 def rate_values(prefix: str, meter: RateMeter) -> dict[str, float]:
