@@ -48,6 +48,11 @@ class MPCConfig:
     ee_weight: float = 0.0
     """Models with proprioception: weight of the end effector's euclidean distance (metres) to
     the goal's, read from the goal image, in the image-goal cost."""
+    command_weight: float = 0.0
+    """Models with proprioception and position commands: weight of the distance (metres) of
+    the end effector at the *last planned command* to the goal's. Position servos bring the arm
+    to rest at the command in force, so this scores where the plan leaves the arm, not only
+    where the learned dynamics say it passes (their errors grow with the step size)."""
     joint_weight: float = 0.0
     """Models with proprioception: weight of the joints' euclidean distance (radians) to the
     goal posture read from the goal image (look-alike postures make it a coarse guide)."""
@@ -78,7 +83,8 @@ class MPCConfig:
         if self.metric not in METRICS:
             raise ValueError(f'metric must be one of {list(METRICS)}, got {self.metric!r}')
         for name in ('terminal_weight', 'running_weight', 'probe_weight', 'smoothness_weight',
-                     'visual_weight', 'ee_weight', 'joint_weight', 'refine_radius'):
+                     'visual_weight', 'ee_weight', 'joint_weight', 'refine_radius',
+                     'command_weight'):
             if not 0.0 <= float(getattr(self, name)) < math.inf:
                 raise ValueError(f'{name} must be a finite number >= 0, got {getattr(self, name)}')
         if not 0.0 < float(self.refine_smoothing) <= 1.0:
@@ -122,7 +128,7 @@ class MPCConfig:
 _BLOCKS = ('planner', 'planning', 'cost', 'belief', 'surprise', 'agent', 'eval')
 _COST_KEYS = ('metric', 'terminal_weight', 'running_weight', 'probe_weight',
               'smoothness_weight', 'visual_weight', 'ee_weight', 'joint_weight',
-              'refine_radius', 'refine_smoothing')
+              'command_weight', 'refine_radius', 'refine_smoothing')
 _AGENT_KEYS = ('max_belief_age', 'speed_fraction')
 
 

@@ -313,8 +313,17 @@ class LatentMPC:
                     lambda z, key=key: decode(z, key), target, 'euclidean',
                     cfg.terminal_weight, cfg.running_weight))
                 weights.append(float(weight))
+        if cfg.command_weight > 0 and 'ee' in slices:
+            target = self.refined_ee_goal()
+            ee_of = self.model.ee_of_joints
+
+            def command_cost(predicted, actions):  # (N, H, A) -> (N,): where the arm rests
+                return (ee_of(actions[:, -1]) - target.to(actions)).norm(dim=-1)
+            costs.append(command_cost)
+            weights.append(float(cfg.command_weight))
         if not costs:
-            raise ValueError('cost: visual_weight, ee_weight and joint_weight are all 0')
+            raise ValueError('cost: visual_weight, ee_weight, command_weight and joint_weight '
+                             'are all 0')
         return costs, weights
 
     def refined_ee_goal(self) -> torch.Tensor:

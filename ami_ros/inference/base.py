@@ -390,6 +390,13 @@ class InferenceBackend(abc.ABC):
                                         torch.as_tensor(joints, dtype=torch.float32).cpu())
         return out.to(device=state.device, dtype=state.dtype)
 
+    @torch.no_grad()
+    def ee_of_joints(self, joints: torch.Tensor) -> torch.Tensor:
+        """End-effector position (..., E) in metres at joint positions (..., J) in radians."""
+        if self._proprio is None:
+            raise ValueError('this model has no joint states in its state')
+        return self._proprio.ee_of_joints(joints.float().cpu()).to(joints)
+
     def decode_proprio(self, z: torch.Tensor, part: str) -> torch.Tensor:
         """The state's ``joints`` (rad) or ``ee`` (m) part in physical units."""
         if self._proprio is None:

@@ -312,6 +312,12 @@ class WorldModel(nn.Module):
                 out['ee_position'] = self.decode_proprio(z, 'ee')
         return out
 
+    def ee_of_joints(self, joints: torch.Tensor) -> torch.Tensor:
+        """End-effector position (..., E) in metres at joint positions (..., J) in radians."""
+        if self.fk is None:
+            raise ValueError('the model has no forward kinematics (proprio.ee_dim 0 or off)')
+        return self.fk(joints) * self.ee_std + self.ee_mean
+
     def decode_proprio(self, z: torch.Tensor, part: str) -> torch.Tensor:
         """The state's ``joints`` (rad) or ``ee`` (m) part, (..., D) -> (..., J or E)."""
         d, j = self.visual_dim, self.action_dim
