@@ -107,6 +107,9 @@ class PlannerNodeConfig(ModelNodeConfig):
     joint_weight: float = 0.0
     """Models with proprioception: weight of the joints' distance (rad) to the posture read
     from the goal image."""
+    command_weight: float = 0.0
+    """Models with proprioception: weight of the end effector's distance (m) to the goal at the
+    last planned command, where the position servos bring the arm to rest."""
     refine_radius: float = 0.0
     """Models with proprioception, metres: near the goal, correct the goal's end-effector
     reading by the reader's error on the current frames (0 = off)."""
@@ -191,7 +194,7 @@ class PlannerNode(ModelNode):
             'terminal_weight': (0.0, 1e6), 'running_weight': (0.0, 1e6),
             'probe_weight': (0.0, 1e6), 'trajectory_points': (1, 200),
             'visual_weight': (0.0, 1e6), 'ee_weight': (0.0, 1e6), 'joint_weight': (0.0, 1e6),
-            'refine_radius': (0.0, 100.0),
+            'refine_radius': (0.0, 100.0), 'command_weight': (0.0, 1e6),
             'velocity_scale': (0.01, 1.0), 'position_margin': (0.0, 10.0),
             'stale_timeout': (0.01, 60.0), 'workspace_tolerance': (1e-4, 10.0),
             'workspace_min_z': (-100.0, 100.0)},
@@ -277,7 +280,8 @@ class PlannerNode(ModelNode):
                          terminal_weight=c.terminal_weight, running_weight=c.running_weight,
                          probe_weight=c.probe_weight, visual_weight=c.visual_weight,
                          ee_weight=c.ee_weight, joint_weight=c.joint_weight,
-                         refine_radius=c.refine_radius, max_belief_age=None).with_limits(
+                         refine_radius=c.refine_radius, command_weight=c.command_weight,
+                         max_belief_age=None).with_limits(
             self.limits.lower, self.limits.upper, self.limits.rate, self._dt)
 
     def teardown(self) -> None:
@@ -294,7 +298,7 @@ class PlannerNode(ModelNode):
         planning = ('planner', 'horizon', 'samples', 'iterations', 'elites', 'temperature',
                     'init_std', 'momentum', 'seed', 'metric', 'terminal_weight',
                     'running_weight', 'probe_weight', 'visual_weight', 'ee_weight', 'joint_weight',
-                    'refine_radius')
+                    'refine_radius', 'command_weight')
         if any(getattr(old, k) != getattr(new, k) for k in planning):
             self.get_logger().info('planner parameters changed: the plan restarts')
             self.mpc = _BeliefMPC(self.model, self._mpc_config(new))
