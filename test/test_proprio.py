@@ -169,3 +169,15 @@ def test_inference_backends_serve_the_proprio_parts():
         assert torch.allclose(backend.with_joints(read, q), model.encode(x, q), atol=1e-6)
         assert torch.allclose(backend.probe(model.encode(x, q))['joint_positions'], q, atol=1e-6)
     assert backend.state_slices() == model.state_slices()
+
+
+def test_onnx_export_of_a_v2_model_serves_the_whole_state(tmp_path, capsys):
+    pytest.importorskip('onnxruntime', reason='ONNX Runtime is not installed')
+    from ami_ros.cli import main
+
+    save_checkpoint(proprio_model(seed=4), tmp_path / 'm')
+    # the export checks ONNX Runtime against PyTorch on every graph: the encoder graph must give
+    # the whole state (visual latent + what the reader reads), D = 8 + 2 + 3
+    assert main(['export', '--checkpoint', str(tmp_path / 'm'), '--format', 'onnx',
+                 '--out', str(tmp_path / 'onnx')]) == 0
+    assert "latent ['batch', 13]" in capsys.readouterr().out

@@ -83,8 +83,12 @@ class _EncoderGraph(_Graph):
     """images float (B, 3, S, S) in [0, 1] -> latent (B, D): the model's own preprocessing."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.model.preprocess(images)  # normalised, float32
-        return self.model.encoder(x.to(self.dtype)).float()
+        x = self.model.preprocess(images).to(self.dtype)  # normalised
+        z = self.model.encoder(x)
+        if getattr(self.model, 'reader', None) is not None:
+            # v2: the state read from the image alone (joints and end effector by the reader)
+            z = torch.cat([z, self.model.reader(x).to(z.dtype)], dim=-1)
+        return z.float()
 
 
 class _RolloutGraph(_Graph):
