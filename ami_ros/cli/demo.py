@@ -533,9 +533,20 @@ def print_bench(bench: dict) -> None:
     Console().print(table)
 
 
+def arm_reach_checkpoint(name_or_dir, command: str) -> Path:
+    """The checkpoint directory of a model for the 4-joint arm_reach arm (ValueError if not)."""
+    from ami_ros.model.checkpoint import read_checkpoint_config, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(name_or_dir).resolve()
+    config, _ = read_checkpoint_config(checkpoint)
+    if config.action_dim != 4:
+        raise ValueError(f'{checkpoint}: the {command} drives the 4-joint arm_reach arm; this '
+                         f'model has {config.action_dim} action dimensions')
+    return checkpoint
+
+
 def run(args) -> int:
-    from ami_ros.model.checkpoint import CheckpointError, read_checkpoint_config, \
-        resolve_checkpoint
+    from ami_ros.model.checkpoint import CheckpointError
 
     try:
         if args.goals < 1:
@@ -550,11 +561,7 @@ def run(args) -> int:
             args.params = args.params.expanduser().resolve()
             if not args.params.is_file():
                 raise ValueError(f'{args.params}: parameters file not found')
-        checkpoint = resolve_checkpoint(args.checkpoint).resolve()
-        config, _ = read_checkpoint_config(checkpoint)
-        if config.action_dim != 4:
-            raise ValueError(f'{checkpoint}: the demo drives the 4-joint arm_reach arm; this '
-                             f'model has {config.action_dim} action dimensions')
+        checkpoint = arm_reach_checkpoint(args.checkpoint, 'demo')
         out = args.out.expanduser().resolve()
         out.mkdir(parents=True, exist_ok=True)
     except (CheckpointError, ValueError, OSError) as exc:

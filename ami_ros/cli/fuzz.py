@@ -943,9 +943,8 @@ def print_table(summary: dict) -> None:
 
 
 def run(args) -> int:
-    from ami_ros.cli.demo import Interrupt
-    from ami_ros.model.checkpoint import CheckpointError, read_checkpoint_config, \
-        resolve_checkpoint
+    from ami_ros.cli.demo import Interrupt, arm_reach_checkpoint
+    from ami_ros.model.checkpoint import CheckpointError
 
     try:
         if args.messages < 1:
@@ -959,11 +958,7 @@ def run(args) -> int:
         kinds = len(args.kinds or KINDS)
         if args.messages < kinds:
             raise ValueError(f'--messages {args.messages} is fewer than the {kinds} kinds')
-        checkpoint = resolve_checkpoint(args.checkpoint).resolve()
-        config, _ = read_checkpoint_config(checkpoint)
-        if config.action_dim != 4:
-            raise ValueError(f'{checkpoint}: the fuzzer drives the 4-joint arm_reach arm; this '
-                             f'model has {config.action_dim} action dimensions')
+        checkpoint = arm_reach_checkpoint(args.checkpoint, 'fuzzer')
         out = args.out.expanduser().resolve()
         out.mkdir(parents=True, exist_ok=True)
     except (CheckpointError, ValueError, OSError) as exc:

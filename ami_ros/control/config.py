@@ -56,13 +56,6 @@ class MPCConfig:
     joint_weight: float = 0.0
     """Models with proprioception: weight of the joints' euclidean distance (radians) to the
     goal posture read from the goal image (look-alike postures make it a coarse guide)."""
-    refine_radius: float = 0.0
-    """Models with proprioception, metres: near the goal (the reader's readings of the current
-    frame and of the goal image closer than this), correct the goal's end-effector reading by
-    the reader's error on the current frames, measured against the joint states; the two
-    frames look alike there, so the reader errs alike (0 = off)."""
-    refine_smoothing: float = 0.3
-    """Weight of the newest frame in the smoothed reader error (1 = no smoothing)."""
     belief: BeliefConfig = field(default_factory=BeliefConfig)
     """Belief filter: gain, control period dt, latency handling, reset threshold."""
     surprise: SurpriseConfig = field(default_factory=SurpriseConfig)
@@ -83,12 +76,9 @@ class MPCConfig:
         if self.metric not in METRICS:
             raise ValueError(f'metric must be one of {list(METRICS)}, got {self.metric!r}')
         for name in ('terminal_weight', 'running_weight', 'probe_weight', 'smoothness_weight',
-                     'visual_weight', 'ee_weight', 'joint_weight', 'refine_radius',
-                     'command_weight'):
+                     'visual_weight', 'ee_weight', 'joint_weight', 'command_weight'):
             if not 0.0 <= float(getattr(self, name)) < math.inf:
                 raise ValueError(f'{name} must be a finite number >= 0, got {getattr(self, name)}')
-        if not 0.0 < float(self.refine_smoothing) <= 1.0:
-            raise ValueError(f'refine_smoothing must be in (0, 1], got {self.refine_smoothing}')
         if float(self.terminal_weight) + float(self.running_weight) <= 0.0:
             raise ValueError('terminal_weight and running_weight are both 0: no cost')
         if not isinstance(self.belief, BeliefConfig):
@@ -128,7 +118,7 @@ class MPCConfig:
 _BLOCKS = ('planner', 'planning', 'cost', 'belief', 'surprise', 'agent', 'eval')
 _COST_KEYS = ('metric', 'terminal_weight', 'running_weight', 'probe_weight',
               'smoothness_weight', 'visual_weight', 'ee_weight', 'joint_weight',
-              'command_weight', 'refine_radius', 'refine_smoothing')
+              'command_weight')
 _AGENT_KEYS = ('max_belief_age', 'speed_fraction')
 
 

@@ -98,10 +98,6 @@ class LatentMPC:
                                    getattr(self.model, 'innovation_scale', None))
         self._hist: deque[torch.Tensor] = deque(maxlen=int(self.model.history))  # (D,) each
         self._command: Optional[np.ndarray] = None  # (A,) the command in force
-        # the posture reader on the latest frame: its end-effector reading (E,) and that
-        # reading minus the measured end effector, smoothed (the reader's error there)
-        self._reading: Optional[torch.Tensor] = None
-        self._reading_error: Optional[torch.Tensor] = None
 
     @property
     def belief(self) -> Optional[torch.Tensor]:
@@ -234,25 +230,8 @@ class LatentMPC:
                 if q.shape[1] != int(self.model.action_dim) or not np.isfinite(q).all():
                     raise ValueError(f'joints must be {self.model.action_dim} finite numbers, '
                                      f'got {q.ravel().tolist()}')
-                read = z
                 z = self.model.with_joints(z[None], torch.as_tensor(q, device=z.device))[0]
-                self.note_reading(read, z)
         return z.detach() if bool(torch.isfinite(z).all()) else None
-
-    def note_reading(self, read: torch.Tensor, measured: torch.Tensor) -> None:
-        """Keep the reader's end-effector reading of a frame and its error (smoothed).
-
-        ``read``: the frame's state as encoded from the image alone (D,); ``measured``: the same
-        with the joint states measured with it. Used by :meth:`refined_ee_goal`.
-        """
-        if 'ee' not in self.model.state_slices() or not bool(torch.isfinite(read).all()):
-            return
-        reading = self.model.decode_proprio(read, 'ee')
-        error = reading - self.model.decode_proprio(measured, 'ee')
-        a = float(self.config.refine_smoothing)
-        self._reading = reading
-        self._reading_error = error if self._reading_error is None else \
-            (1 - a) * self._reading_error + a * error
 
     def _rollout(self, z_hist: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Planner dynamics: (1, k', D) and (N, H, A) -> (N, H, D)."""
@@ -308,13 +287,12 @@ class LatentMPC:
         decode = self.model.decode_proprio  # the state's part in physical units
         for key, weight in (('ee', cfg.ee_weight), ('joints', cfg.joint_weight)):
             if weight > 0 and key in slices:
-                target = self.refined_ee_goal() if key == 'ee' else decode(goal, key)
                 costs.append(probe_goal_cost(
-                    lambda z, key=key: decode(z, key), target, 'euclidean',
+                    lambda z, key=key: decode(z, key), decode(goal, key), 'euclidean',
                     cfg.terminal_weight, cfg.running_weight))
                 weights.append(float(weight))
         if cfg.command_weight > 0 and 'ee' in slices:
-            target = self.refined_ee_goal()
+            target = decode(goal, 'ee')
             ee_of = self.model.ee_of_joints
 
             def command_cost(predicted, actions):  # (N, H, A) -> (N,): where the arm rests
@@ -325,19 +303,3 @@ class LatentMPC:
             raise ValueError('cost: visual_weight, ee_weight, command_weight and joint_weight '
                              'are all 0')
         return costs, weights
-
-    def refined_ee_goal(self) -> torch.Tensor:
-        """The end-effector goal (E,) read from the goal image, refined near the goal.
-
-        Close to the goal the current frame looks like the goal photo, so the reader errs on
-        both alike: within ``refine_radius`` (between the two readings) the goal reading is
-        corrected by the reader's error on the current frames (reading minus measured),
-        fully within half the radius and fading out at the radius. Far away, the raw reading.
-        """
-        goal = self.model.decode_proprio(self._goal_latent, 'ee')
-        radius = float(self.config.refine_radius)
-        if radius <= 0 or self._reading is None or self._reading_error is None:
-            return goal
-        d = float((self._reading - goal).norm())
-        w = min(1.0, max(0.0, 2.0 * (radius - d) / radius))
-        return goal - w * self._reading_error.to(goal)

@@ -431,8 +431,7 @@ class ReaderTrainConfig:
     """Frames per step."""
     sweep_fraction: float = 0.5
     """Share of each batch drawn from the calibration sweep (when there is one); the rest are
-    logged frames. Goal photos look like the sweep; logged frames are what the goal refinement
-    reads."""
+    logged frames. Goal photos look like the sweep; logged frames are what the robot sees."""
     lr: float = 2e-3
     """Peak AdamW learning rate (one-cycle schedule)."""
     sweep_scene: str = ''

@@ -110,9 +110,6 @@ class PlannerNodeConfig(ModelNodeConfig):
     command_weight: float = 0.0
     """Models with proprioception: weight of the end effector's distance (m) to the goal at the
     last planned command, where the position servos bring the arm to rest."""
-    refine_radius: float = 0.0
-    """Models with proprioception, metres: near the goal, correct the goal's end-effector
-    reading by the reader's error on the current frames (0 = off)."""
     trajectory_points: int = 1
     """joint_trajectory output: plan steps sent per message (the controller follows them if the
     next message is late)."""
@@ -194,7 +191,7 @@ class PlannerNode(ModelNode):
             'terminal_weight': (0.0, 1e6), 'running_weight': (0.0, 1e6),
             'probe_weight': (0.0, 1e6), 'trajectory_points': (1, 200),
             'visual_weight': (0.0, 1e6), 'ee_weight': (0.0, 1e6), 'joint_weight': (0.0, 1e6),
-            'refine_radius': (0.0, 100.0), 'command_weight': (0.0, 1e6),
+            'command_weight': (0.0, 1e6),
             'velocity_scale': (0.01, 1.0), 'position_margin': (0.0, 10.0),
             'stale_timeout': (0.01, 60.0), 'workspace_tolerance': (1e-4, 10.0),
             'workspace_min_z': (-100.0, 100.0)},
@@ -280,7 +277,7 @@ class PlannerNode(ModelNode):
                          terminal_weight=c.terminal_weight, running_weight=c.running_weight,
                          probe_weight=c.probe_weight, visual_weight=c.visual_weight,
                          ee_weight=c.ee_weight, joint_weight=c.joint_weight,
-                         refine_radius=c.refine_radius, command_weight=c.command_weight,
+                         command_weight=c.command_weight,
                          max_belief_age=None).with_limits(
             self.limits.lower, self.limits.upper, self.limits.rate, self._dt)
 
@@ -298,7 +295,7 @@ class PlannerNode(ModelNode):
         planning = ('planner', 'horizon', 'samples', 'iterations', 'elites', 'temperature',
                     'init_std', 'momentum', 'seed', 'metric', 'terminal_weight',
                     'running_weight', 'probe_weight', 'visual_weight', 'ee_weight', 'joint_weight',
-                    'refine_radius', 'command_weight')
+                    'command_weight')
         if any(getattr(old, k) != getattr(new, k) for k in planning):
             self.get_logger().info('planner parameters changed: the plan restarts')
             self.mpc = _BeliefMPC(self.model, self._mpc_config(new))
@@ -318,16 +315,6 @@ class PlannerNode(ModelNode):
     def _on_latent(self, msg: Image) -> None:
         self.watchdog.feed('frame')
         self.rates['frame'].tick()
-        if self.params.config.refine_radius > 0 and self._measured is not None and \
-                getattr(self.model, 'has_proprio', False):
-            # the reader's reading of this frame against the joints: the goal refinement's input
-            z = msg_to_latent(msg)
-            if z.shape == (1, self.model.latent_dim) and np.all(np.isfinite(z)):
-                with torch.no_grad():
-                    read = torch.from_numpy(z[0]).to(self.model.device)
-                    q = torch.as_tensor(self._measured[None], dtype=torch.float32,
-                                        device=read.device)
-                    self.mpc.note_reading(read, self.model.with_joints(read[None], q)[0])
 
     def _on_belief(self, msg: Image) -> None:
         try:
