@@ -24,6 +24,7 @@ COMMANDS = {
     'eval-surprise': ('ami_ros.cli.eval_surprise', 'surprise score on injected anomalies (AUROC)'),
     'bringup': ('ami_ros.cli.bringup', 'run the nodes (and the sim) in one process'),
     'fuzz': ('ami_ros.cli.fuzz', 'malformed messages into the running stack: it must survive'),
+    'soak': ('ami_ros.cli.soak', 'the demo for minutes on end: memory of every process sampled'),
 }
 
 

@@ -259,7 +259,7 @@ class Session:
                 startup_s = time.monotonic() - wall0
                 _log(f'demo: stack up in {startup_s:.1f} s')
                 maker = GoalMaker(self.config, image_size=driver.frame_shape[0])
-                goals = [self._goal(i, maker) for i in range(self.config.goals)]
+                goals = self._goals(maker)
             finally:
                 if maker is not None:
                     maker.close()
@@ -274,6 +274,10 @@ class Session:
                 driver.destroy_node()  # closes the bag
             context.try_shutdown()
         return self._summary(goals, startup_s, wall_s, exit_codes, core, bag)
+
+    def _goals(self, maker) -> list[dict]:
+        """Every goal of the run, one after the other (``ami-ros soak`` runs them for a time)."""
+        return [self._goal(i, maker) for i in range(self.config.goals)]
 
     # -- waiting --------------------------------------------------------------------------------
 
