@@ -86,19 +86,24 @@ def stack(rclpy_context, ros_executor, tiny_arm_model):
 class Robot:
     """The test's camera and joint-state publisher at RATE Hz; frames can be switched off."""
 
-    def __init__(self, node, frame: np.ndarray, q: np.ndarray):
-        self.node, self.frame, self.q = node, frame, q
+    def __init__(self, node, frame: np.ndarray, q: np.ndarray, rate: float = RATE,
+                 encoding: str = 'rgb8', stamp=None):
+        self.node, self.frame, self.q, self.encoding = node, frame, q, encoding
+        self.stamp = stamp or (lambda: node.get_clock().now().to_msg())
         self.frames_on = True
         self.last_frame = None  # monotonic time of the last frame published
+        self.frames = 0
         self._image = node.create_publisher(Image, 'camera/image_raw', 10)
         self._joints = node.create_publisher(JointState, 'joint_states', 10)
-        node.create_timer(1.0 / RATE, self._tick)
+        node.create_timer(1.0 / rate, self._tick)
 
     def _tick(self) -> None:
-        stamp = self.node.get_clock().now().to_msg()
+        stamp = self.stamp()
         if self.frames_on:
-            self._image.publish(image_to_msg(self.frame, stamp, 'camera_optical_frame'))
+            self._image.publish(image_to_msg(self.frame, stamp, 'camera_optical_frame',
+                                             self.encoding))
             self.last_frame = time.monotonic()
+            self.frames += 1
         js = JointState(name=list(ARM.names), position=self.q.tolist())
         js.header.stamp = stamp
         self._joints.publish(js)
@@ -388,6 +393,50 @@ def test_watchdog_holds_within_the_timeout_and_resumes(ros_node, wait_for, stack
     planner.trigger_deactivate()
     assert wait_for(lambda: is_hold(commands[-1][1]), 2.0)
     assert planner.state_label == 'inactive'
+
+
+@pytest.mark.parametrize('clock', ['wall', 'sim'])
+def test_no_hold_flapping_with_a_640x480_bgr8_camera_at_8_8_hz(ros_node, wait_for, stack,
+                                                                arm_view, clock):
+    """A real camera's frames (640x480 bgr8, 8.8 Hz: 114 ms apart, stale_timeout 0.25 s) keep
+    the planner planning: not one hold tick over 130 frames (15 s). Staleness is the arrival age
+    of the newest frame on the node's clock, judged at each control tick; with ``sim`` the
+    nodes run on a simulator's /clock that moves in 0.1 s steps at 10 Hz, and frames keep the
+    sim stamp they were taken at (a relay of the simulator's camera)."""
+    from rosgraph_msgs.msg import Clock
+
+    frame, q0, goal = arm_view
+    big = np.zeros((480, 640, 3), np.uint8)
+    big[:, 80:560] = np.kron(frame, np.ones((15, 15, 1), np.uint8))[::2, ::2]  # 7.5x
+    sim = {'use_sim_time': True} if clock == 'sim' else {}
+    stamp = None
+    if sim:
+        now = Clock()
+        now.clock.sec = 1000
+        clock_pub = ros_node.create_publisher(Clock, '/clock', 10)
+
+        def tick():
+            t = now.clock.sec * 10 + now.clock.nanosec // 100_000_000 + 1
+            now.clock.sec, now.clock.nanosec = t // 10, (t % 10) * 100_000_000
+            clock_pub.publish(now)
+        ros_node.create_timer(0.1, tick)
+        stamp = lambda: now.clock  # noqa: E731
+    stack(PerceptionNode, **sim)
+    stack(WorldModelNode, **sim)
+    planner = stack(PlannerNode, output="forward_position", stale_timeout=STALE, **FAST, **sim)
+    robot = Robot(ros_node, np.ascontiguousarray(big[..., ::-1]), q0, rate=8.8,
+                  encoding='bgr8', stamp=stamp)
+    goal_pub = ros_node.create_publisher(PoseStamped, 'ami/goal_pose', 10)
+    assert wait_for(lambda: goal_pub.get_subscription_count() > 0 and planner.watchdog.check().ok,
+                    START)
+    goal_pub.publish(goal_pose(goal))
+    assert wait_for(lambda: planner.state == 'planning' and planner.counts['plans'] >= 5, 10.0)
+    holds, plans, frames = planner.counts['hold_ticks'], planner.counts['plans'], robot.frames
+    assert wait_for(lambda: robot.frames >= frames + 130, 30.0)
+    assert planner.counts['plans'] >= plans + 100
+    assert planner.counts['hold_ticks'] == holds, \
+        f'{planner.counts["hold_ticks"] - holds} hold ticks: {planner.hold_reason}'
+
 
 
 def test_bad_goals_are_rejected_with_a_reason(ros_node, wait_for, stack, arm_view):
