@@ -3,6 +3,7 @@
 The device comes from AMI_TEST_DEVICE (default cpu), so the same tests check a GPU where there is
 one: ``AMI_TEST_DEVICE=cuda .venv/bin/python -m pytest -q test/test_planning.py``.
 """
+import math
 import os
 import time
 
@@ -257,3 +258,51 @@ def test_cem_speed_with_mlp_dynamics():
     print(f'\nCEM 300x5x10, MLP 2x256, latent 64, {DEVICE}: {ms:.1f} ms per plan (median of 5)')
     assert torch.isfinite(result.actions).all()
     assert ms < 5000, f'CEM plan took {ms:.0f} ms'
+
+
+def test_goal_posture_ik_stays_in_the_basin_of_its_start_and_within_limits():
+    from ami_ros.planning.ik import solve_ik
+
+    def fk(q):  # planar 2-link arm, links 1.0 and 0.8
+        return torch.stack([torch.cos(q[0]) + 0.8 * torch.cos(q[0] + q[1]),
+                            torch.sin(q[0]) + 0.8 * torch.sin(q[0] + q[1])])
+
+    up = torch.tensor([0.2, 0.9])
+    shift = 2 * math.atan2(0.8 * math.sin(0.9), 1.0 + 0.8 * math.cos(0.9))
+    down = torch.tensor([0.2 + shift, -0.9])  # the same tip, the elbow mirrored
+    target = fk(up)
+    assert torch.allclose(fk(down), target, atol=1e-5)
+    lo, hi = torch.tensor([-3.0, -3.0]), torch.tensor([3.0, 3.0])
+    q, res = solve_ik(fk, target, up + torch.tensor([0.3, -0.3]), lo, hi)
+    assert res < 1e-4 and q[1] > 0  # elbow up, as the start
+    q, res = solve_ik(fk, target, down + torch.tensor([-0.2, 0.2]), lo, hi)
+    assert res < 1e-4 and q[1] < 0  # elbow down, as the start
+    q, res = solve_ik(fk, torch.tensor([5.0, 0.0]), torch.tensor([0.3, 0.3]), lo, hi)
+    assert res == pytest.approx(3.2, abs=1e-2)  # out of reach: as close as it gets
+    q, res = solve_ik(fk, target, up, lo, torch.tensor([3.0, 0.5]))
+    assert q[1] <= 0.5 + 1e-6  # the limits hold at every iterate
+
+
+@pytest.mark.parametrize('name', ['cem', 'mppi'])
+def test_the_guide_candidate_leads_out_of_a_local_minimum(name):
+    """A cost with a local minimum at the start: sampling near it stays, the guide's path wins."""
+    cfg = PlannerConfig(action_dim=1, horizon=4, n_samples=16, iterations=2, n_elites=4,
+                        init_std=0.01, min_std=0.01, max_delta=(0.5,), seed=0)
+
+    def dynamics(state, actions):  # the state is the action
+        return actions
+
+    def cost(predicted, actions):  # a bump between 0 (start) and the goal at 2
+        x = predicted[:, -1, 0]
+        return torch.where(x < 1.0, x.abs() * 0.1, (x - 2.0).abs() * 0.01 - 0.05)
+
+    zero = torch.zeros(1, device=DEVICE)
+    stuck = make_planner(name, cfg).plan(zero, dynamics, cost, current_action=zero,
+                                         hold_action=zero)
+    assert abs(float(stuck.actions[-1, 0])) < 0.2
+    led = make_planner(name, cfg).plan(zero, dynamics, cost, current_action=zero,
+                                       hold_action=zero,
+                                       guide_action=torch.tensor([2.0], device=DEVICE))
+    assert led.actions[:, 0].tolist() == pytest.approx([0.5, 1.0, 1.5, 2.0])  # at the rate limit
+    with pytest.raises(ValueError, match='guide_action'):
+        make_planner(name, cfg).plan(zero, dynamics, cost, guide_action=torch.tensor([1.0, 2.0]))

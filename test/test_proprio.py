@@ -181,3 +181,30 @@ def test_onnx_export_of_a_v2_model_serves_the_whole_state(tmp_path, capsys):
     assert main(['export', '--checkpoint', str(tmp_path / 'm'), '--format', 'onnx',
                  '--out', str(tmp_path / 'onnx')]) == 0
     assert "latent ['batch', 13]" in capsys.readouterr().out
+
+
+def test_goal_guide_is_the_posture_that_reaches_the_read_end_effector():
+    model = proprio_model(seed=5)
+    planning = PlannerConfig(action_dim=J, horizon=2, n_samples=8, iterations=1, n_elites=2,
+                             lower=(-2.0, -2.0), upper=(2.0, 2.0))
+    goal = images(1, seed=4)[0].numpy()
+    plain = LatentMPC(model, MPCConfig(planning=planning, ee_weight=1.0))
+    plain.set_goal_image(goal)
+    assert plain._guide is None  # off unless asked for
+    mpc = LatentMPC(model, MPCConfig(planning=planning, ee_weight=1.0, goal_guide=True))
+    mpc.set_goal_image(goal)
+    with torch.no_grad():
+        z = model.encode(torch.from_numpy(goal)[None])[0]
+        read_q, read_ee = model.decode_proprio(z, 'joints'), model.decode_proprio(z, 'ee')
+        guide = torch.as_tensor(mpc._guide, dtype=torch.float32)
+        assert guide.shape == (J,) and bool(((guide >= -2.0) & (guide <= 2.0)).all())
+        before = (model.ee_of_joints(read_q.clamp(-2.0, 2.0)) - read_ee).norm()
+        after = (model.ee_of_joints(guide) - read_ee).norm()
+    assert after < before
+    mpc.observe(images(1)[0].numpy(), 0.0, np.zeros(J), joints=np.zeros(J))
+    target, info = mpc.act(np.zeros(J))
+    assert np.isfinite(target).all() and info['reason'] == 'ok'
+    mpc.set_goal_pose('ee_position', [0.1, 0.2, 0.3])
+    assert mpc._guide is not None  # the image goal still stands
+    mpc.clear_goal()
+    assert mpc._guide is None

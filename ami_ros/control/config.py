@@ -56,6 +56,11 @@ class MPCConfig:
     joint_weight: float = 0.0
     """Models with proprioception: weight of the joints' euclidean distance (radians) to the
     goal posture read from the goal image (look-alike postures make it a coarse guide)."""
+    goal_guide: bool = False
+    """Models with proprioception, image goals: the goal posture (inverse kinematics of the
+    end effector read from the goal image, started from its joint reading, on the model's
+    learned forward kinematics) and the path to it at the rate limits are one of the planner's
+    fixed candidates at every tick (``ami_ros.planning.ik``)."""
     belief: BeliefConfig = field(default_factory=BeliefConfig)
     """Belief filter: gain, control period dt, latency handling, reset threshold."""
     surprise: SurpriseConfig = field(default_factory=SurpriseConfig)
@@ -118,7 +123,7 @@ class MPCConfig:
 _BLOCKS = ('planner', 'planning', 'cost', 'belief', 'surprise', 'agent', 'eval')
 _COST_KEYS = ('metric', 'terminal_weight', 'running_weight', 'probe_weight',
               'smoothness_weight', 'visual_weight', 'ee_weight', 'joint_weight',
-              'command_weight')
+              'command_weight', 'goal_guide')
 _AGENT_KEYS = ('max_belief_age', 'speed_fraction')
 
 

@@ -19,6 +19,7 @@ import torch
 from ami_ros.control.config import MPCConfig
 from ami_ros.estimation import BeliefFilter, FilterStep, SurpriseMonitor
 from ami_ros.planning import latent_goal_cost, make_planner, probe_goal_cost, sum_costs
+from ami_ros.planning.ik import solve_ik
 
 
 def check_image(image, what: str = 'image') -> np.ndarray:
@@ -52,6 +53,7 @@ class LatentMPC:
         self.monitor = SurpriseMonitor(config.surprise)
         self._goal_latent: Optional[torch.Tensor] = None  # (D,)
         self._goal_pose: Optional[tuple[str, torch.Tensor]] = None
+        self._guide: Optional[np.ndarray] = None  # (A,) goal posture (goal_guide)
         self.reset()
 
     # ------------------------------------------------------------------ goals
@@ -63,7 +65,7 @@ class LatentMPC:
         z = self._encode(a)
         if z is None:
             raise ValueError('goal image encodes to a non-finite latent')
-        self._goal_latent = z
+        self._goal_latent, self._guide = z, self._goal_posture(z)
 
     def set_goal_pose(self, name: str, value) -> None:
         """Goal for a probed quantity (e.g. 'ee_position', metres); ValueError if unknown."""
@@ -81,9 +83,24 @@ class LatentMPC:
             raise ValueError(f'pose goal {name!r} must be {dims[name]} finite numbers, '
                              f'got {v.tolist()}')
         self._goal_pose = (name, v)
+        if self._goal_latent is None:
+            self._guide = None
 
     def clear_goal(self) -> None:
-        self._goal_latent, self._goal_pose = None, None
+        self._goal_latent, self._goal_pose, self._guide = None, None, None
+
+    def _goal_posture(self, z: torch.Tensor) -> Optional[np.ndarray]:
+        """The goal image's posture for ``goal_guide``: inverse kinematics of its end-effector
+        reading from its joint reading (``ami_ros.planning.ik``); None without proprioception."""
+        slices = self.model.state_slices() if getattr(self.model, 'has_proprio', False) else {}
+        if not self.config.goal_guide or not {'ee', 'joints'} <= set(slices):
+            return None
+        with torch.no_grad():
+            q0 = self.model.decode_proprio(z, 'joints').float().cpu()
+            ee = self.model.decode_proprio(z, 'ee').float().cpu()
+        q, _ = solve_ik(self.model.ee_of_joints, ee, q0, torch.as_tensor(self._lower),
+                        torch.as_tensor(self._upper))
+        return q.double().numpy()
 
     @property
     def has_goal(self) -> bool:
@@ -204,7 +221,9 @@ class LatentMPC:
         with torch.no_grad():
             result = self.planner.plan(state, self._rollout, cost,
                                        current_action=torch.as_tensor(current),
-                                       hold_action=torch.as_tensor(hold), search=search)
+                                       hold_action=torch.as_tensor(hold), search=search,
+                                       guide_action=None if self._guide is None
+                                       else torch.as_tensor(self._guide))
         info.update(plan_ms=1e3 * (time.perf_counter() - t0), cost=result.cost, result=result,
                     reason=result.info['reason'])
         target = result.actions[0].detach().cpu().double().numpy()  # (A,)

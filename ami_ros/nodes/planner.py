@@ -110,6 +110,10 @@ class PlannerNodeConfig(ModelNodeConfig):
     command_weight: float = 0.0
     """Models with proprioception: weight of the end effector's distance (m) to the goal at the
     last planned command, where the position servos bring the arm to rest."""
+    goal_guide: bool = False
+    """Models with proprioception, image goals: the goal posture (inverse kinematics of the end
+    effector read from the goal image, from its joint reading) and the path to it are among the
+    planner's candidates at every tick."""
     trajectory_points: int = 1
     """joint_trajectory output: plan steps sent per message (the controller follows them if the
     next message is late)."""
@@ -277,7 +281,7 @@ class PlannerNode(ModelNode):
                          terminal_weight=c.terminal_weight, running_weight=c.running_weight,
                          probe_weight=c.probe_weight, visual_weight=c.visual_weight,
                          ee_weight=c.ee_weight, joint_weight=c.joint_weight,
-                         command_weight=c.command_weight,
+                         command_weight=c.command_weight, goal_guide=c.goal_guide,
                          max_belief_age=None).with_limits(
             self.limits.lower, self.limits.upper, self.limits.rate, self._dt)
 
@@ -295,7 +299,7 @@ class PlannerNode(ModelNode):
         planning = ('planner', 'horizon', 'samples', 'iterations', 'elites', 'temperature',
                     'init_std', 'momentum', 'seed', 'metric', 'terminal_weight',
                     'running_weight', 'probe_weight', 'visual_weight', 'ee_weight', 'joint_weight',
-                    'command_weight')
+                    'command_weight', 'goal_guide')
         if any(getattr(old, k) != getattr(new, k) for k in planning):
             self.get_logger().info('planner parameters changed: the plan restarts')
             self.mpc = _BeliefMPC(self.model, self._mpc_config(new))

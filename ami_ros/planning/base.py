@@ -104,7 +104,8 @@ class SamplingPlanner:
              prev_plan: Optional[torch.Tensor] = None,
              current_action: Optional[torch.Tensor] = None,
              hold_action: Optional[torch.Tensor] = None,
-             search: Optional[Callable] = None) -> PlanResult:
+             search: Optional[Callable] = None,
+             guide_action: Optional[torch.Tensor] = None) -> PlanResult:
         """Plan from ``state``.
 
         prev_plan: (H, A) previous plan; defaults to the one this planner returned last. Used
@@ -112,6 +113,9 @@ class SamplingPlanner:
         current_action: (A,) the command in force now; the first step is rate-limited from it.
         hold_action: (A,) a safe action (stop / stay), always among the candidates and the
         fallback when there is no previous plan.
+        guide_action: (A,) a configuration to head for (the goal posture): the path to it at
+        the rate limits takes the hold action's place among the fixed candidates (the hold
+        action stays the fallback).
         search: runs :meth:`search` elsewhere (an inference backend's graph of it, see
         ``ami_ros.planning.graph``), called as ``search(state, mean, std, noise, hold,
         limits)`` with hold (H, A) (the mean when there is none).
@@ -133,7 +137,9 @@ class SamplingPlanner:
         std = torch.tensor(cfg.vector('init_std'), device=dev, dtype=dtype).expand(h, a)  # (H, A)
         gen = self._rng(dev)
         noise = torch.randn((iters, n, h, a), generator=gen, device=dev, dtype=dtype)  # (I,N,H,A)
-        hold_seq = None if hold is None else hold.expand(h, a)  # (H, A)
+        guide = _vector('guide_action', guide_action, a, dev, dtype)  # (A,) or None
+        fixed = guide if guide is not None else hold
+        hold_seq = None if fixed is None else fixed.expand(h, a)  # (H, A)
         with torch.no_grad():
             if search is not None:  # the same search, run by an inference backend
                 best_cost, best_actions, best_pred = search(
