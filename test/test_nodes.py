@@ -397,12 +397,15 @@ def test_watchdog_holds_within_the_timeout_and_resumes(ros_node, wait_for, stack
 
 @pytest.mark.parametrize('clock', ['wall', 'sim'])
 def test_no_hold_flapping_with_a_640x480_bgr8_camera_at_8_8_hz(ros_node, wait_for, stack,
-                                                                arm_view, clock):
-    """A real camera's frames (640x480 bgr8, 8.8 Hz: 114 ms apart, stale_timeout 0.25 s) keep
-    the planner planning: not one hold tick over 130 frames (15 s). Staleness is the arrival age
+                                                               arm_view, clock):
+    """A real camera's frames keep the planner planning: 640x480 bgr8 at 8.8 Hz.
+
+    Frames 114 ms apart with stale_timeout 0.25 s: not one hold tick over 130 frames (15 s).
+    Staleness is the arrival age
     of the newest frame on the node's clock, judged at each control tick; with ``sim`` the
     nodes run on a simulator's /clock that moves in 0.1 s steps at 10 Hz, and frames keep the
-    sim stamp they were taken at (a relay of the simulator's camera)."""
+    sim stamp they were taken at (a relay of the simulator's camera).
+    """
     from rosgraph_msgs.msg import Clock
 
     frame, q0, goal = arm_view
@@ -436,7 +439,6 @@ def test_no_hold_flapping_with_a_640x480_bgr8_camera_at_8_8_hz(ros_node, wait_fo
     assert planner.counts['plans'] >= plans + 100
     assert planner.counts['hold_ticks'] == holds, \
         f'{planner.counts["hold_ticks"] - holds} hold ticks: {planner.hold_reason}'
-
 
 
 def test_bad_goals_are_rejected_with_a_reason(ros_node, wait_for, stack, arm_view):

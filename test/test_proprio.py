@@ -183,6 +183,43 @@ def test_onnx_export_of_a_v2_model_serves_the_whole_state(tmp_path, capsys):
     assert "latent ['batch', 13]" in capsys.readouterr().out
 
 
+def test_the_reader_may_read_larger_frames_than_the_encoder(tmp_path, capsys):
+    """reader_image_size 32 with a stride-2 stem next to a 16 px encoder: frames come at 32."""
+    from ami_ros.inference import BackendConfig, make_backend
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=16, latent_dim=D, action_dim=J, cnn=CNNConfig(channels=(4, 8)),
+                      predictor=PredictorConfig(history=2, action_history=1, hidden=16, layers=1),
+                      probe_hidden=8, proprio=ProprioConfig(
+                          enabled=True, reader_image_size=32, reader_first_stride=2,
+                          reader_channels=(4, 4), reader_keypoints=4, reader_hidden=8,
+                          fk_hidden=8))
+    model = WorldModel(cfg)
+    model.set_proprio_stats([0.5, -0.5], [2.0, 1.0], [0.1, 0.2, 0.3], [0.5, 0.5, 0.5])
+    model.eval()
+    assert model.reader_size == 32 and model.input_size == 32
+    big = torch.from_numpy(
+        np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8))
+    with torch.no_grad():
+        z = model.encode(big)
+        x16 = model.preprocess(big)  # the encoder sees the frame at 16 px
+        assert torch.allclose(z[:, :D], model.encoder(x16))
+        assert torch.allclose(z[:, D:], model.reader(model.preprocess(big, 32)))
+    backend = make_backend('torch', model, BackendConfig(device='cpu'))
+    assert backend.image_size == 32  # what perception prepares frames to
+    save_checkpoint(model, tmp_path / 'm')
+    back = load_checkpoint(tmp_path / 'm').eval()
+    with torch.no_grad():
+        assert torch.allclose(back.encode(big), z, atol=1e-6)
+    pytest.importorskip('onnxruntime', reason='ONNX Runtime is not installed')
+    from ami_ros.cli import main
+
+    # the export checks ONNX Runtime against PyTorch on 32 px frames
+    assert main(['export', '--checkpoint', str(tmp_path / 'm'), '--format', 'onnx',
+                 '--out', str(tmp_path / 'onnx')]) == 0
+    assert "latent ['batch', 13]" in capsys.readouterr().out
+
+
 def test_goal_guide_is_the_posture_that_reaches_the_read_end_effector():
     model = proprio_model(seed=5)
     planning = PlannerConfig(action_dim=J, horizon=2, n_samples=8, iterations=1, n_elites=2,

@@ -167,7 +167,7 @@ def run_bench(model, backends: dict, args) -> dict:
     from ami_ros.estimation.belief import BeliefConfig, BeliefFilter
     from ami_ros.planning import latent_goal_cost, make_planner
 
-    s, k = model.config.image_size, model.history
+    s, k = model.input_size, model.history
     gen = torch.Generator().manual_seed(0)
     frame = torch.randint(0, 256, (1, s, s, 3), dtype=torch.uint8, generator=gen).numpy()
     batch = torch.randint(0, 256, (args.encoder_batch, s, s, 3), dtype=torch.uint8,

@@ -95,7 +95,7 @@ def load_model(args, horizon: int, batch: int):
     torch.set_num_threads(args.threads)
     if args.backend == 'torch':
         model = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
-        return model, model.config.image_size, str(model.checkpoint_path)
+        return model, model.input_size, str(model.checkpoint_path)
     from ami_ros.inference import BackendConfig, make_backend
 
     config = BackendConfig(device=args.device, num_threads=args.threads, horizon=horizon,

@@ -62,7 +62,7 @@ def verify_backend(model, backend, batches=(1, 64)) -> dict:
 
     model = model.to(backend.device).eval()
     gen = torch.Generator().manual_seed(0)
-    s, d, a, k = model.config.image_size, model.latent_dim, model.action_dim, model.history
+    s, d, a, k = model.input_size, model.latent_dim, model.action_dim, model.history
     errors = {'encode': 0.0, 'rollout': 0.0, 'probes': 0.0}
     with torch.no_grad():
         for b in batches:

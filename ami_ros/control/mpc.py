@@ -90,8 +90,11 @@ class LatentMPC:
         self._goal_latent, self._goal_pose, self._guide = None, None, None
 
     def _goal_posture(self, z: torch.Tensor) -> Optional[np.ndarray]:
-        """The goal image's posture for ``goal_guide``: inverse kinematics of its end-effector
-        reading from its joint reading (``ami_ros.planning.ik``); None without proprioception."""
+        """The goal image's posture for ``goal_guide`` (None without proprioception).
+
+        Inverse kinematics of its end-effector reading from its joint reading
+        (``ami_ros.planning.ik``).
+        """
         slices = self.model.state_slices() if getattr(self.model, 'has_proprio', False) else {}
         if not self.config.goal_guide or not {'ee', 'joints'} <= set(slices):
             return None

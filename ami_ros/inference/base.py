@@ -35,7 +35,6 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +150,7 @@ class ModelSpec:
         cfg = model.config
         # the state's size: the visual latent, plus joints and end effector with proprioception
         return cls(int(model.latent_dim), int(cfg.action_dim), int(cfg.predictor.history),
-                   int(cfg.predictor.action_history), int(cfg.image_size),
+                   int(cfg.predictor.action_history), int(model.input_size),
                    tuple((p.name, int(p.dim)) for p in cfg.probes))
 
     def to_dict(self) -> dict:
@@ -260,7 +259,7 @@ def preprocess_images(images, image_size: int, device: torch.device,
                       who: str = 'encode') -> torch.Tensor:
     """uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1] -> float32 (B, 3, S, S) in [0, 1].
 
-    The same conversion and (antialiased bilinear) resize as ``WorldModel.preprocess``; the
+    The same conversion and resize (``resize_square``) as ``WorldModel.preprocess``; the
     normalisation itself is part of the encoder graph.
     """
     if isinstance(images, np.ndarray):
@@ -286,10 +285,9 @@ def preprocess_images(images, image_size: int, device: torch.device,
         x = x.to(device=device, dtype=torch.float32)
     else:
         raise ValueError(f'{who}: images must be {expected}, got {_dtype(x)} {_shape(x)}')
-    if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode='bilinear',
-                          align_corners=False, antialias=True)
-    return x.contiguous()
+    from ami_ros.model.world_model import resize_square
+
+    return resize_square(x, image_size).contiguous()
 
 
 def _float_tensor(name: str, x, expected: str, device: torch.device, ndim: int,

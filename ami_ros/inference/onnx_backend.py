@@ -83,11 +83,15 @@ class _EncoderGraph(_Graph):
     """images float (B, 3, S, S) in [0, 1] -> latent (B, D): the model's own preprocessing."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.model.preprocess(images).to(self.dtype)  # normalised
-        z = self.model.encoder(x)
-        if getattr(self.model, 'reader', None) is not None:
-            # v2: the state read from the image alone (joints and end effector by the reader)
-            z = torch.cat([z, self.model.reader(x).to(z.dtype)], dim=-1)
+        m = self.model
+        x = m.preprocess(images).to(self.dtype)  # normalised, at the encoder's size
+        z = m.encoder(x)
+        if getattr(m, 'reader', None) is not None:
+            # v2: the state read from the image alone (joints and end effector by the reader),
+            # which may read larger frames than the encoder sees
+            if m.reader_size != m.config.image_size:
+                x = m.preprocess(images, m.reader_size).to(self.dtype)
+            z = torch.cat([z, m.reader(x).to(z.dtype)], dim=-1)
         return z.float()
 
 

@@ -136,6 +136,13 @@ class ProprioConfig:
     as models before v2)."""
     ee_dim: int = 3
     """E: size of the end-effector position (0 = joints only)."""
+    reader_image_size: int = 0
+    """Side of the frames the reader reads, pixels (0 = ``image_size``). The camera delivers at
+    least this; the encoder still sees ``image_size``. Larger frames show the wrist and tool
+    (at 64 px the wrist's link spans a few pixels): 128 px with ``reader_first_stride`` 2 costs
+    the reader about what 64 px costs with 1 (docs/results.md)."""
+    reader_first_stride: int = 1
+    """Stride of the reader's first convolution (1 or 2)."""
     reader_channels: tuple[int, ...] = (32, 32, 32, 32)
     """Reader CNN: output channels of its convolutions (the second one has stride 2)."""
     reader_keypoints: int = 32
@@ -161,6 +168,11 @@ class ProprioConfig:
                'model.proprio.reader_channels', self.reader_channels,
                'must be >= 2 positive channel counts')
         _check(0 <= self.ee_dim <= 7, 'model.proprio.ee_dim', self.ee_dim, 'must be in [0, 7]')
+        _check(self.reader_image_size == 0 or 16 <= self.reader_image_size <= 512,
+               'model.proprio.reader_image_size', self.reader_image_size,
+               'must be 0 (= image_size) or in [16, 512]')
+        _check(self.reader_first_stride in (1, 2), 'model.proprio.reader_first_stride',
+               self.reader_first_stride, 'must be 1 or 2')
         for name in ('reader_keypoints', 'reader_hidden', 'fk_hidden', 'joint_hidden'):
             _check(1 <= int(getattr(self, name)) <= 4096, f'model.proprio.{name}',
                    getattr(self, name), 'must be in [1, 4096]')

@@ -1,7 +1,7 @@
 """Reading the robot's posture from one image, and its forward kinematics (world model v2).
 
 * :class:`PostureReader`: normalised image (B, 3, S, S) -> standardised (joint positions,
-  end-effector position) (B, J + E). A few stride-1 convolutions keep the resolution, a 1x1
+  end-effector position) (B, J + E). A few convolutions (one or two with stride 2), a 1x1
   convolution makes K heat maps and a spatial softmax turns each into an expected image position
   (x, y) and a presence value; an MLP maps the K keypoints to the posture. Keypoints locate small
   things (the tool, the goal marker and its floor shadow) to a fraction of a pixel, where a
@@ -25,12 +25,13 @@ def _coords(n: int, like: torch.Tensor) -> torch.Tensor:
 class PostureReader(nn.Module):
     """Image -> (J + E) standardised posture, through spatial-softmax keypoints."""
 
-    def __init__(self, channels: tuple[int, ...], keypoints: int, hidden: int, out_dim: int):
+    def __init__(self, channels: tuple[int, ...], keypoints: int, hidden: int, out_dim: int,
+                 first_stride: int = 1):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 5  # RGB + the x, y coordinate planes (CoordConv: positions are the point)
         for i, c in enumerate(channels):
-            kernel, stride = (5, 1) if i == 0 else (3, 2 if i == 1 else 1)
+            kernel, stride = (5, first_stride) if i == 0 else (3, 2 if i == 1 else 1)
             layers += [nn.Conv2d(c_in, c, kernel, stride, kernel // 2), nn.GELU()]
             c_in = c
         layers.append(nn.Conv2d(c_in, keypoints, 1))
@@ -43,18 +44,15 @@ class PostureReader(nn.Module):
         b, _, h, w = x.shape
         yy, xx = torch.meshgrid(_coords(h, x), _coords(w, x), indexing='ij')
         x = torch.cat([x, xx.expand(b, 1, h, w), yy.expand(b, 1, h, w)], dim=1)
-        f = self.conv(x).flatten(2)                                          # (B, K, h*w)
-        hh, ww = self.conv_side(h), self.conv_side(w)
+        f = self.conv(x)                                                     # (B, K, h', w')
+        hh, ww = f.shape[-2:]
+        f = f.flatten(2)                                                     # (B, K, h'*w')
         gy, gx = torch.meshgrid(_coords(hh, f), _coords(ww, f), indexing='ij')
         p = F.softmax(f, dim=-1)
         kx = (p * gx.reshape(-1)).sum(-1)                                    # (B, K)
         ky = (p * gy.reshape(-1)).sum(-1)                                    # (B, K)
         peak = torch.tanh(f.amax(dim=-1) / 10.0)                             # (B, K)
         return torch.cat([kx, ky, peak], dim=-1)
-
-    @staticmethod
-    def conv_side(n: int) -> int:
-        return (n + 1) // 2  # one stride-2 convolution (kernel 3, padding 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.keypoints(x))

@@ -50,6 +50,22 @@ _PIXEL_MEAN = 0.5
 _PIXEL_STD = 0.25
 
 
+def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Float (B, C, H, W) -> (B, C, size, size), the one resize of frames fed to a model.
+
+    A shrink by a whole factor averages pixel blocks (area: what a camera of that resolution
+    records; ONNX exports it as AveragePool); any other change is an antialiased bilinear
+    resize.
+    """
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    if h == w and h > size and h % size == 0:
+        return F.avg_pool2d(x, h // size)
+    return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False,
+                         antialias=True)
+
+
 class WorldModel(nn.Module):
     """Encoder, predictor and probes, with action statistics; built from a :class:`ModelConfig`."""
 
@@ -67,7 +83,8 @@ class WorldModel(nn.Module):
         if config.proprio.enabled:
             pc, j = config.proprio, config.action_dim
             self.reader = PostureReader(pc.reader_channels, pc.reader_keypoints,
-                                        pc.reader_hidden, config.proprio_dim)
+                                        pc.reader_hidden, config.proprio_dim,
+                                        pc.reader_first_stride)
             self.fk = ForwardKinematics(j, pc.ee_dim, pc.fk_hidden) if pc.ee_dim else None
             self.joint_predictor = Predictor(j, config.action_dim, p.history, p.action_history,
                                              pc.joint_hidden, 2, norm=False)
@@ -166,8 +183,23 @@ class WorldModel(nn.Module):
         pc.__post_init__()
 
     # ---------------------------------------------------------------- encoding
-    def preprocess(self, images) -> torch.Tensor:
-        """uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1] -> normalised (B, 3, S, S)."""
+    @property
+    def reader_size(self) -> int:
+        """Side of the frames the reader reads (``proprio.reader_image_size``, else S)."""
+        return int(self.config.proprio.reader_image_size or self.config.image_size)
+
+    @property
+    def input_size(self) -> int:
+        """Side of the frames to feed :meth:`encode`: the larger of the encoder's and reader's."""
+        return max(int(self.config.image_size), self.reader_size if self.reader is not None
+                   else 0)
+
+    def preprocess(self, images, size: int | None = None) -> torch.Tensor:
+        """uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1] -> normalised (B, 3, S, S).
+
+        S = ``size`` or the encoder's ``image_size``; other sizes are resized
+        (:func:`resize_square`).
+        """
         x = torch.as_tensor(images).to(self.device)
         if x.dim() != 4:
             raise ValueError(f'images must be 4-D (B, H, W, 3) uint8 or (B, 3, H, W) float, '
@@ -182,11 +214,7 @@ class WorldModel(nn.Module):
             x = x.float()
         else:
             raise ValueError(f'images must be uint8 or float, got {x.dtype}')
-        s = self.config.image_size
-        if x.shape[-2:] != (s, s):
-            x = F.interpolate(x, size=(s, s), mode='bilinear', align_corners=False,
-                              antialias=True)
-        return (x - _PIXEL_MEAN) / _PIXEL_STD
+        return (resize_square(x, int(size or self.config.image_size)) - _PIXEL_MEAN) / _PIXEL_STD
 
     def encode(self, images, joints=None) -> torch.Tensor:
         """Images (and their joint positions (B, J), rad, if known) -> states (B, D).
@@ -198,7 +226,11 @@ class WorldModel(nn.Module):
         z = self.encoder(x)
         if self.reader is None:
             return z
-        p = self.reader(x) if joints is None else self.proprio_state(joints)
+        if joints is not None:
+            p = self.proprio_state(joints)
+        else:
+            p = self.reader(x if self.reader_size == self.config.image_size
+                            else self.preprocess(images, self.reader_size))
         return torch.cat([z, p.to(z.dtype)], dim=-1)
 
     def proprio_state(self, joints) -> torch.Tensor:

@@ -64,7 +64,8 @@ def reader_metrics(model: WorldModel, images: np.ndarray, joints: np.ndarray, ee
     was = model.training
     model.eval()
     try:
-        p = torch.cat([model.reader(model.preprocess(torch.from_numpy(images[i:i + batch_size])))
+        p = torch.cat([model.reader(model.preprocess(torch.from_numpy(images[i:i + batch_size]),
+                                                     model.reader_size))
                        for i in range(0, len(images), batch_size)]).cpu()
     finally:
         model.train(was)
@@ -93,13 +94,11 @@ def train_reader(model: WorldModel, train_episodes: list[Episode], val_episodes:
     """
     if model.reader is None or config.steps == 0:
         return {}
-    size = model.config.image_size
+    size = model.reader_size  # logged frames of another size are resized to it
     with_ee = model.fk is not None
     images = np.concatenate([ep.images for ep in train_episodes])
     joints = np.concatenate([ep.joint_positions for ep in train_episodes]).astype(np.float32)
     ee = episode_ee(train_episodes) if with_ee else np.zeros((len(joints), 3), np.float32)
-    if images.shape[1:3] != (size, size):
-        raise ValueError(f'reader: frames are {images.shape[1:3]}, the model takes {size}')
     sweep = test_sweep = None
     if config.sweep_scene:
         log.info('reader: rendering a %d-frame calibration sweep of %s', config.sweep_frames,
@@ -129,12 +128,13 @@ def train_reader(model: WorldModel, train_episodes: list[Episode], val_episodes:
         for g in opt.param_groups:
             g['lr'] = config.lr * max(frac, 0.01)
         idx = torch.randint(len(images), (half,), generator=gen)
-        x, y = torch.from_numpy(images[idx.numpy()]), labels[idx]
+        x = [model.preprocess(torch.from_numpy(images[idx.numpy()]), size)] if half else []
+        y = labels[idx]
         if sweep is not None:
             sidx = torch.randint(len(sweep[0]), (config.batch_size - half,), generator=gen)
-            x = torch.cat([x, torch.from_numpy(sweep[0][sidx.numpy()])])
+            x.append(model.preprocess(torch.from_numpy(sweep[0][sidx.numpy()]), size))
             y = torch.cat([y, sweep_labels[sidx]])
-        loss = F.smooth_l1_loss(model.reader(model.preprocess(x)), y, beta=0.1)
+        loss = F.smooth_l1_loss(model.reader(torch.cat(x)), y, beta=0.1)
         if model.fk is not None:
             # the forward kinematics keeps learning here, on every posture seen (cheap)
             kidx = torch.randint(len(q_all), (256,), generator=gen)

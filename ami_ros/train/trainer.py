@@ -330,6 +330,11 @@ class Trainer:
         for key in ('probes', 'action_mean', 'action_std'):
             mine.pop(key)
             theirs.pop(key)
+        # the reader's input size and stride change no weight's shape, and the reader phase
+        # runs after the main one: a finished run can be resumed to read at another size
+        for d in (mine, theirs):
+            for key in ('reader_image_size', 'reader_first_stride'):
+                d.get('proprio', {}).pop(key, None)
         if mine != theirs:
             diff = [k for k in mine if mine[k] != theirs.get(k)]
             raise CheckpointError(f'{self.resume_dir}: saved with a different model config '
