@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import re
 
 import numpy as np
 import pytest
@@ -356,7 +357,7 @@ def test_bad_startup_parameters_exit_with_a_clear_message(ros_env, ros_process, 
 def test_params_file_and_namespace(ros_node, ros_process, wait_for, tmp_path):
     """config/sim.yaml applies to a namespaced node; all its topics move into the namespace."""
     params = (REPO / 'config' / 'sim.yaml').read_text()
-    params = params.replace('image_size: 64 ', 'image_size: 32 ')
+    params = re.sub(r'image_size: \d+ ', 'image_size: 32 ', params)
     assert 'image_size: 32 ' in params
     params_file = tmp_path / 'sim.yaml'
     params_file.write_text(params)
