@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ami_ros.control import LatentMPC, MPCConfig
+from ami_ros.agent import Agent
+from ami_ros.control import MPCConfig
 from ami_ros.model import WorldModel, load_checkpoint, save_checkpoint
 from ami_ros.model.config import CNNConfig, ModelConfig, PredictorConfig, ProprioConfig
 from ami_ros.planning import PlannerConfig
@@ -77,29 +78,29 @@ def test_models_without_proprio_are_unchanged():
 def test_image_goal_cost_scores_the_end_effector_in_metres():
     model = proprio_model()
     planning = PlannerConfig(action_dim=J, horizon=2, n_samples=8, iterations=1, n_elites=2)
-    mpc = LatentMPC(model, MPCConfig(planning=planning, visual_weight=0.0, ee_weight=1.0,
-                                     terminal_weight=1.0, running_weight=0.0))
+    mpc = Agent(model, MPCConfig(planning=planning, visual_weight=0.0, ee_weight=1.0,
+                                 terminal_weight=1.0, running_weight=0.0))
     goal = np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8)
     mpc.set_goal_image(goal)
     with torch.no_grad():
         g = model.encode(torch.from_numpy(goal)[None])[0]
-        cost = mpc._cost(np.zeros(J))
+        cost = mpc.controller._cost(np.zeros(J))
         states = g.expand(1, 2, -1).clone()
         assert float(cost(states, torch.zeros(1, 2, J))) == pytest.approx(0.0, abs=1e-6)
         moved = states.clone()
         moved[..., D + J] += 0.2 / float(model.ee_std[0])  # the end effector 0.2 m off in x
         moved[..., :D] += 5.0                               # the visual part has no weight
         assert float(cost(moved, torch.zeros(1, 2, J))) == pytest.approx(0.2, rel=1e-4)
-    nothing = LatentMPC(model, MPCConfig(planning=planning, visual_weight=0.0, ee_weight=0.0))
+    nothing = Agent(model, MPCConfig(planning=planning, visual_weight=0.0, ee_weight=0.0))
     nothing.set_goal_image(goal)
     with pytest.raises(ValueError, match='all 0'):
-        nothing._cost(np.zeros(J))
+        nothing.controller._cost(np.zeros(J))
 
 
 def test_observe_takes_the_measured_joints():
     model = proprio_model()
     planning = PlannerConfig(action_dim=J, horizon=2, n_samples=8, iterations=1, n_elites=2)
-    mpc = LatentMPC(model, MPCConfig(planning=planning))
+    mpc = Agent(model, MPCConfig(planning=planning))
     frame = images(1)[0].numpy()
     mpc.observe(frame, 0.0, np.zeros(J), joints=np.array([0.7, -0.3]))
     assert np.allclose(model.probe(mpc.belief)['joint_positions'].detach().numpy(), [0.7, -0.3],
