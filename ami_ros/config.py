@@ -292,6 +292,17 @@ class PlannerNodeConfig(ModelNodeConfig):
         return Limits.from_urdf(self.urdf or str(urdf_path(self.scene)), joint_names,
                                 self.velocity_scale, self.position_margin)
 
+    def workspace(self):
+        """The reachable workspace goal poses are checked against, or None (no check)."""
+        from ami_ros.paths import urdf_path
+        from ami_ros.robot import Workspace
+
+        if self.output == 'twist' or not self.workspace_check:
+            return None
+        return Workspace.from_urdf(self.urdf or str(urdf_path(self.scene)), self.tip_link,
+                                   axes=self.workspace_axes, tolerance=self.workspace_tolerance,
+                                   min_z=self.workspace_min_z)
+
 
 def joint_names_for(config) -> tuple[str, ...]:
     """The configured joint names, or the actuated joints of the (scene's) URDF."""

@@ -17,7 +17,8 @@ import torch
 
 from ami_ros.control.config import MPCConfig
 from ami_ros.planning import latent_goal_cost, make_planner, probe_goal_cost, sum_costs
-from ami_ros.safety import Limits, UnsafeCommand, Workspace
+from ami_ros.robot import Workspace
+from ami_ros.safety import Limits, UnsafeCommand
 
 
 def limits_of(config: MPCConfig, names=()) -> Limits:
@@ -70,11 +71,12 @@ class Controller:
         """(goal state or None, (probe name, value) or None)."""
         return self._goal_state, self._goal_pose
 
-    def replace_goal(self, state=None, pose=None) -> None:
+    def replace_goal(self, state=None, pose=None, position=None) -> None:
         """Make the newest goal replace any earlier one.
 
         If it is refused (ValueError), the earlier one stays. ``state``: a goal image's state;
-        ``pose``: (probe name, value).
+        ``pose``: (probe name, value); ``position``: (probe name, point (x, y, z) checked
+        against the workspace).
         """
         old = self.goal
         self.clear_goal()
@@ -83,6 +85,8 @@ class Controller:
                 self.set_goal_state(state)
             if pose is not None:
                 self.set_goal_pose(*pose)
+            if position is not None:
+                self.set_goal_position(*position)
         except ValueError:
             self._goal_state, self._goal_pose = old
             raise

@@ -104,6 +104,16 @@ def estimate_msgs(probes: dict, stamp: Time, frame_id: str, pose_names: Sequence
     return poses, stamped, joints
 
 
+def goal_key(msg) -> tuple:
+    """What tells two goal messages (Image or PoseStamped) apart: kind, stamp, frame, content."""
+    image = hasattr(msg, 'encoding')
+    content = bytes(msg.data) if image else tuple(
+        getattr(part, a) for part, axes in ((msg.pose.position, 'xyz'),
+                                            (msg.pose.orientation, 'xyzw')) for a in axes)
+    return (image, msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id,
+            hash(content))
+
+
 def plan_markers(path: np.ndarray, stamp: Time, frame_id: str,
                  goal: Optional[np.ndarray]) -> MarkerArray:
     """The plan's probed path (P, >= 1) as a LINE_STRIP, and the goal position as a sphere."""

@@ -36,9 +36,10 @@ from ami_ros.data.images import ImageDecodeError
 from ami_ros.nodes.common import RateMeter, latched_qos
 from ami_ros.nodes.lifecycle import (LatencyStats, ModelNode, latency_values, msg_to_latent,
                                      rate_values, run_lifecycle_node)
-from ami_ros.nodes.messages import OUTPUTS, command_msg, joint_positions, plan_markers
-from ami_ros.paths import urdf_path
-from ami_ros.safety import GoalError, UrdfError, Watchdog, Workspace, check_goal_pose
+from ami_ros.nodes.messages import (OUTPUTS, command_msg, goal_key, joint_positions,
+                                    plan_markers)
+from ami_ros.robot import UrdfError
+from ami_ros.safety import Watchdog, check_goal_pose
 
 PLANNING = ('planner', 'horizon', 'samples', 'iterations', 'elites', 'temperature', 'init_std',
             'min_std', 'momentum', 'seed', 'metric', 'terminal_weight', 'running_weight',
@@ -62,11 +63,7 @@ class PlannerNode(ModelNode):
         self._dt, self._position = 1.0 / config.rate_hz, config.output != 'twist'
         try:
             self.limits = config.limits(joint_names_for(config) if self._position else ())
-            self.workspace = Workspace.from_urdf(
-                config.urdf or str(urdf_path(config.scene)), config.tip_link,
-                axes=config.workspace_axes, tolerance=config.workspace_tolerance,
-                min_z=config.workspace_min_z) if self._position and config.workspace_check \
-                else None
+            self.workspace = config.workspace()
         except UrdfError as e:
             raise ValueError(str(e)) from None
         self.controller = self._controller(config)
@@ -162,12 +159,7 @@ class PlannerNode(ModelNode):
 
     def _on_goal(self, msg) -> None:
         """A goal image or pose; one that came in through both subscriptions is taken once."""
-        image = isinstance(msg, Image)
-        content = bytes(msg.data) if image else tuple(
-            getattr(part, a) for part, axes in ((msg.pose.position, 'xyz'),
-                                                (msg.pose.orientation, 'xyzw')) for a in axes)
-        key = (image, msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id,
-               hash(content))
+        key, image = goal_key(msg), isinstance(msg, Image)
         if self.controller is None or (key == self._last_goal_key and key[1:3] != (0, 0)):
             return
         self._last_goal_key = key
@@ -182,8 +174,8 @@ class PlannerNode(ModelNode):
                 position = np.array([p.x, p.y, p.z])
                 check_goal_pose(position, [o.x, o.y, o.z, o.w], msg.header.frame_id,
                                 cfg.world_frame_id)
-                self._set_goal_position(cfg.goal_probe, position)
-        except (ImageDecodeError, GoalError, ValueError) as e:
+                self.controller.replace_goal(position=(cfg.goal_probe, position))
+        except (ImageDecodeError, ValueError) as e:  # GoalError is a ValueError
             self.counts['rejected_goals'] += 1
             what = 'goal image' if image else f'goal pose {np.round(position, 4).tolist()}'
             return self.record_error('goal', f'rejected {what}: {e}')
@@ -191,18 +183,6 @@ class PlannerNode(ModelNode):
         self.counts['goals'] += 1
         self.get_logger().info(f'new {self.goal} goal' + (
             f' at {np.round(position, 4).tolist()}' if position is not None else ''))
-
-    def _set_goal_position(self, probe: str, position: np.ndarray) -> None:
-        if probe not in self.model.probe_names:
-            raise GoalError(f'the model has no probe {probe!r} to compare a pose with (probes: '
-                            f'{sorted(self.model.probe_names)})')
-        old = self.controller.goal
-        self.controller.clear_goal()
-        try:
-            self.controller.set_goal_position(probe, position)
-        except ValueError:
-            self.controller.replace_goal(*old)
-            raise
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response):
         self.enabled = bool(request.data)
