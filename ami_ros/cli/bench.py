@@ -12,8 +12,9 @@ machine that gets busier part-way slows them alike), median over ``--repeats`` a
   torch runs it eagerly around the model's rollout; a backend with plan graphs (ONNX Runtime)
   runs the whole plan -- every iteration's sampling, bounds, rollout, cost and elite refit --
   as one graph call (``ami_ros.planning.graph``); plans agree to float rounding;
-* core loop: one step of :class:`ami_ros.agent.Agent` (encode a frame, advance and fuse the
-  belief with the model's k-step history, a B1 plan through the safety limits).
+* core loop: one step of :class:`ami_ros.agent.Agent` with the scene's config (``--scene``:
+  planner, cost and belief of config/<scene>.yaml) at the B1 budget: encode a frame, advance
+  and fuse the belief with the model's k-step history, plan, the safety limits.
 
 Prints a table (or, with ``--json``, one JSON object on stdout) with speed-ups against PyTorch
 eager, and machine information. With the shipped model, writes the table into
@@ -42,6 +43,9 @@ B1_ITERATIONS, B2_ITERATIONS = 10, 30
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--checkpoint', default='arm_reach',
                         help='checkpoint directory or shipped model name')
+    parser.add_argument('--scene', choices=('arm_reach', 'pusht'), default='arm_reach',
+                        help='scene whose config (config/<scene>.yaml: planner, cost, belief) '
+                             'the core loop runs, at the B1 budget')
     parser.add_argument('--backend', nargs='+', default=None,
                         choices=('torch', 'onnxruntime', 'tensorrt'),
                         help='backends to time (default: every one that loads here)')
@@ -161,12 +165,24 @@ def _planner_config(model, samples: int, horizon: int, iterations: int):
                          warm_start=False, seed=0)
 
 
+def _scene_mpc(scene: str, planning):
+    """The scene config's loop (planner, cost, belief) at a bench budget and action bounds."""
+    import dataclasses
+
+    from ami_ros.agent import limits_of
+    from ami_ros.config import load_scene_config
+    from ami_ros.control import MPCConfig
+
+    cfg = load_scene_config(scene)
+    limits = limits_of(MPCConfig(planning=planning))
+    return dataclasses.replace(cfg.planner.mpc(cfg.world_model, limits), planning=planning)
+
+
 def run_bench(model, backends: dict, args) -> dict:
     """Time every backend in ``backends`` ({name: backend}); the result as a JSON-able dict."""
     import torch
 
     from ami_ros.agent import Agent
-    from ami_ros.control import MPCConfig
     from ami_ros.planning import latent_goal_cost, make_planner
 
     s, k = model.config.image_size, model.history
@@ -224,9 +240,10 @@ def run_bench(model, backends: dict, args) -> dict:
             r['plan'].setdefault(n, {})[f'{label}_ms'] = timed[n]
             r['plan'][n]['search'] = 'eager' if searches[n] is None else 'graph'
     fns = {}
+    mpc = _scene_mpc(args.scene, _planner_config(model, args.samples, args.horizon,
+                                                 B1_ITERATIONS))
     for n, b in backends.items():
-        agent = Agent(b, MPCConfig(planning=_planner_config(model, args.samples, args.horizon,
-                                                            B1_ITERATIONS), max_belief_age=None))
+        agent = Agent(b, mpc)
         agent.set_goal_image(goal_img[0])
         clock = {'t': 0.0, 'command': holds[n].cpu().double().numpy()}
 
