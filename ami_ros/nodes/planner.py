@@ -33,7 +33,7 @@ from visualization_msgs.msg import MarkerArray
 from ami_ros.agent import Controller, Perceiver
 from ami_ros.config import PlannerNodeConfig, WorldModelNodeConfig, joint_names_for
 from ami_ros.data.images import ImageDecodeError
-from ami_ros.nodes.common import RateMeter, latched_qos
+from ami_ros.nodes.common import RateMeter, latched_qos, seconds
 from ami_ros.nodes.lifecycle import (LatencyStats, ModelNode, latency_values, msg_to_latent,
                                      rate_values, run_lifecycle_node)
 from ami_ros.nodes.messages import (OUTPUTS, command_msg, goal_key, joint_positions,
@@ -70,7 +70,8 @@ class PlannerNode(ModelNode):
         self.perceiver = Perceiver(self.model)
         self._history, self._frame_stamp, self._measured = None, None, None
         self._goal_position, self._last_goal_key, self._hold_target = None, None, None
-        self._last_control = self._last_frame_tick = self._last_sent = -np.inf
+        self._belief_stamp = self._planned_stamp = self._last_frame_tick = -np.inf
+        self._last_sent = self._sent_stamp = -np.inf  # node clock, belief stamp
         self.enabled = config.start_enabled
         inputs = ('frame', 'belief') + (('joint_states',) if self._position else ())
         self.watchdog = Watchdog(config.stale_timeout, inputs, clock=self.now)
@@ -133,11 +134,16 @@ class PlannerNode(ModelNode):
             return self.record_error('belief', f'dropped a belief: {e}')
         self.watchdog.feed('belief')
         self.rates['belief'].tick()
-        self._history = torch.from_numpy(z)
+        self._history, stamp = torch.from_numpy(z), seconds(msg.header.stamp)
+        self._belief_stamp = stamp
         if msg.header.frame_id:  # fused from a camera frame (predict-only beliefs have none)
             self._frame_stamp = msg.header.stamp
+            # a belief half a period newer than the one planned from last (judged by stamps,
+            # not the node clock: a sim /clock may come in after the belief), or an older one
+            # (the clock went back)
+            newer = stamp - self._planned_stamp
             if self.params.config.replan_on == 'frame' and \
-                    self.now() - self._last_control >= 0.5 * self._dt:
+                    (newer >= 0.5 * self._dt or newer < -self._dt):
                 self._last_frame_tick = self.now()
                 self._tick()
 
@@ -211,7 +217,7 @@ class PlannerNode(ModelNode):
         if not self.active or self.goal == 'none':
             self.state, self.hold_reason = 'idle', ''
             return
-        self._last_control = self.now()
+        self._planned_stamp = self._belief_stamp
         t0 = time.perf_counter()
         check = self.watchdog.check()
         if not self.enabled or not check.ok:
@@ -224,8 +230,9 @@ class PlannerNode(ModelNode):
         cfg = self.params.config
         points = cfg.trajectory_points if cfg.output == 'joint_trajectory' else 1
         # trajectory points are dt apart; a bare target sent sooner may move only that much less
-        dt = self._dt if cfg.output == 'joint_trajectory' else \
-            min(self._dt, max(self.now() - self._last_sent, 0.0))
+        # (by the node clock or by the beliefs' stamps: a sim /clock moves in steps)
+        elapsed = max(self.now() - self._last_sent, self._belief_stamp - self._sent_stamp, 1e-3)
+        dt = self._dt if cfg.output == 'joint_trajectory' else min(self._dt, elapsed)
         try:
             seq, info = self.controller.act(self._history, self._measured, None, points, dt)
         except ValueError as e:
@@ -260,7 +267,7 @@ class PlannerNode(ModelNode):
         """Publish (K, A) commands the safety layer has checked."""
         cfg = self.params.config
         self._cmd_pub.publish(command_msg(cfg.output, seq, self.limits.names, self._dt))
-        self._last_sent = self.now()
+        self._last_sent, self._sent_stamp = self.now(), self._belief_stamp
         self.counts['commands'] += 1
         self.rates['command'].tick()
 
