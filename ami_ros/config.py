@@ -157,6 +157,13 @@ class WorldModelNodeConfig(ModelNodeConfig):
                               threshold=self.surprise_threshold)
 
 
+AGENT_FIELDS = ('planner', 'horizon', 'samples', 'iterations', 'elites', 'temperature',
+                'init_std', 'min_std', 'momentum', 'seed', 'metric', 'terminal_weight',
+                'running_weight', 'smoothness_weight', 'probe_weight', 'visual_weight',
+                'ee_weight', 'joint_weight', 'command_weight')
+"""The planner parameters that make up the agent's settings (:meth:`PlannerNodeConfig.mpc`)."""
+
+
 @dataclass
 class PlannerNodeConfig(ModelNodeConfig):
     """Parameters of the ``planner`` node: the control stage, and the command interface."""

@@ -216,6 +216,13 @@ class Controller:
             return None, info
         return plan, info
 
+    def path(self, result, probe: str) -> Optional[np.ndarray]:
+        """(H, P) a probed quantity along a plan's predicted states, None when unknown."""
+        if result is None or result.predicted is None or probe not in self.probe_dims():
+            return None
+        with torch.no_grad():
+            return self.model.probe(result.predicted)[probe].detach().cpu().double().numpy()
+
     def _send(self, seq: np.ndarray) -> np.ndarray:
         self.command = np.asarray(seq[0], dtype=np.float64).copy()
         return np.asarray(seq, dtype=np.float64).copy()

@@ -16,6 +16,7 @@ from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from visualization_msgs.msg import Marker, MarkerArray
 
+from ami_ros.data.images import decode_image
 from ami_ros.sim.truth import yaw_quaternion
 
 TRAJECTORY_TOPIC = 'joint_trajectory_controller/joint_trajectory'
@@ -71,13 +72,19 @@ def twist_action(msg: Twist, fields: Sequence[str]) -> np.ndarray:
 
 
 def joint_positions(msg: JointState, names: Sequence[str]) -> np.ndarray:
-    """Positions of ``names`` from a JointState; ValueError if some are missing."""
+    """Return the finite positions of ``names`` from a JointState.
+
+    ValueError if some are missing or NaN/inf.
+    """
     try:
         index = [list(msg.name).index(n) for n in names]
-        return np.asarray(msg.position, dtype=np.float64)[index]
+        q = np.asarray(msg.position, dtype=np.float64)[index]
     except (ValueError, IndexError):
         raise ValueError(f'joint_states lacks joints {list(names)}: has {list(msg.name)}') \
             from None
+    if not np.all(np.isfinite(q)):
+        raise ValueError(f'dropped joint_states with NaN/inf positions {q.tolist()}')
+    return q
 
 
 def estimate_msgs(probes: dict, stamp: Time, frame_id: str, pose_names: Sequence[str],
@@ -102,6 +109,18 @@ def estimate_msgs(probes: dict, stamp: Time, frame_id: str, pose_names: Sequence
         joints = JointState(name=list(joint_names), position=probes['joint_positions'].tolist())
         joints.header.stamp = stamp
     return poses, stamped, joints
+
+
+def image_of(msg) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a ``sensor_msgs/Image``; ImageDecodeError if it cannot be."""
+    return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian,
+                        msg.data)
+
+
+def goal_pose(msg: PoseStamped) -> tuple[np.ndarray, np.ndarray]:
+    """(position (3,), quaternion (x, y, z, w)) of a goal pose message."""
+    p, o = msg.pose.position, msg.pose.orientation
+    return np.array([p.x, p.y, p.z]), np.array([o.x, o.y, o.z, o.w])
 
 
 def goal_key(msg) -> tuple:

@@ -1,22 +1,17 @@
-"""``planner``: the control stage towards a goal, through the safety layer, on ROS topics.
+"""``planner``: the control stage (:class:`ami_ros.agent.Controller`) on ROS topics.
 
-The control stage (:class:`ami_ros.agent.Controller`: goal, cost, CEM/MPPI planner, hold,
-safety limits) as a node. Subscribes ``ami/belief`` (the last k beliefs, from ``world_model``),
-``ami/latent`` (watched for fresh frames), ``joint_states`` and the goals ``ami/goal_image``
-(any supported encoding and size, prepared and encoded like camera frames) and
-``ami/goal_pose`` (``PoseStamped`` in ``world_frame_id``, for the probe ``goal_probe``, checked
-against the reachable workspace). The newest goal replaces any earlier one.
+In: ``ami/belief`` (the last k beliefs, from ``world_model``), ``ami/latent`` (fresh frames, for
+the watchdog), ``joint_states``, the goals ``ami/goal_image`` (prepared and encoded like camera
+frames) and ``ami/goal_pose`` (``PoseStamped`` in ``world_frame_id`` for ``goal_probe``, checked
+against the reachable workspace); the newest goal replaces any earlier one. It plans as each
+belief corrected by a frame arrives (``replan_on: frame``; the ``rate_hz`` timer steps in when
+frames stop) or at every tick (``timer``). Out: the command on ``output`` (``joint_trajectory``
+with ``trajectory_points`` steps, ``forward_position`` or ``twist``) and the predicted path on
+``ami/plan_markers`` (stamped with the newest camera frame in the belief).
 
-It plans as each belief corrected by a camera frame arrives (``replan_on: frame``; a timer at
-``rate_hz`` of the node clock steps in when frames stop) or at every tick (``timer``), and
-publishes on the interface named by ``output``: ``joint_trajectory`` (the first
-``trajectory_points`` plan steps ``1/rate_hz`` apart), ``forward_position`` or ``twist``, then
-the predicted path on ``ami/plan_markers`` (stamped with the newest camera frame in the belief).
-
-Safety, always on: every command goes through :class:`ami_ros.safety.Limits` (URDF bounds and
-velocity limits, or Twist limits; a final check; NaN never sent); a watchdog holds when the
-newest frame, belief or joint state is older than ``stale_timeout``; ``ami/enable`` disabled =
-hold; ill-formed or unreachable goals are rejected with the reason.
+Safety, always on: every command passes :class:`ami_ros.safety.Limits` (in the Controller); a
+watchdog holds when the newest frame, belief or joint state is older than ``stale_timeout``;
+``ami/enable`` false = hold; ill-formed or unreachable goals are rejected with the reason.
 """
 from __future__ import annotations
 
@@ -31,20 +26,15 @@ from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
 from ami_ros.agent import Controller, Perceiver
-from ami_ros.config import PlannerNodeConfig, WorldModelNodeConfig, joint_names_for
-from ami_ros.data.images import ImageDecodeError
+from ami_ros.config import (AGENT_FIELDS, PlannerNodeConfig, WorldModelNodeConfig,
+                            joint_names_for)
 from ami_ros.nodes.common import RateMeter, latched_qos, seconds
 from ami_ros.nodes.lifecycle import (LatencyStats, ModelNode, latency_values, msg_to_latent,
                                      rate_values, run_lifecycle_node)
-from ami_ros.nodes.messages import (OUTPUTS, command_msg, goal_key, joint_positions,
-                                    plan_markers)
+from ami_ros.nodes.messages import (OUTPUTS, command_msg, goal_key, goal_pose, image_of,
+                                    joint_positions, plan_markers)
 from ami_ros.robot import UrdfError
 from ami_ros.safety import Watchdog, check_goal_pose
-
-PLANNING = ('planner', 'horizon', 'samples', 'iterations', 'elites', 'temperature', 'init_std',
-            'min_std', 'momentum', 'seed', 'metric', 'terminal_weight', 'running_weight',
-            'smoothness_weight', 'probe_weight', 'visual_weight', 'ee_weight', 'joint_weight',
-            'command_weight')
 
 
 class PlannerNode(ModelNode):
@@ -109,7 +99,7 @@ class PlannerNode(ModelNode):
         if self.controller is None:
             return
         self.watchdog.timeout = float(new.stale_timeout)
-        if any(getattr(old, k) != getattr(new, k) for k in PLANNING):
+        if any(getattr(old, k) != getattr(new, k) for k in AGENT_FIELDS):
             self.get_logger().info('planner parameters changed: the plan restarts')
             previous, self.controller = self.controller, self._controller(new)
             self.controller.replace_goal(*previous.goal)  # the goal and the rate limit go on
@@ -155,11 +145,8 @@ class PlannerNode(ModelNode):
         try:
             q = joint_positions(msg, self.limits.names)
         except ValueError as e:
-            return self.record_error('joint_states', str(e), 'warn')
-        if not np.all(np.isfinite(q)):
             self.dropped += 1
-            return self.record_error('joint_states', f'dropped joint_states with NaN/inf '
-                                                     f'positions {q.tolist()}', 'warn')
+            return self.record_error('joint_states', str(e), 'warn')
         self._measured = q
         self.watchdog.feed('joint_states')
 
@@ -172,16 +159,12 @@ class PlannerNode(ModelNode):
         cfg, position = self.params.config, None
         try:
             if image:
-                rgb = self.perceiver.decode(msg.encoding, msg.height, msg.width, msg.step,
-                                            msg.is_bigendian, msg.data)
-                self.controller.replace_goal(state=self.perceiver.encode(rgb))
+                self.controller.replace_goal(state=self.perceiver.encode(image_of(msg)))
             else:
-                p, o = msg.pose.position, msg.pose.orientation
-                position = np.array([p.x, p.y, p.z])
-                check_goal_pose(position, [o.x, o.y, o.z, o.w], msg.header.frame_id,
-                                cfg.world_frame_id)
+                position, quaternion = goal_pose(msg)
+                check_goal_pose(position, quaternion, msg.header.frame_id, cfg.world_frame_id)
                 self.controller.replace_goal(position=(cfg.goal_probe, position))
-        except (ImageDecodeError, ValueError) as e:  # GoalError is a ValueError
+        except ValueError as e:  # ImageDecodeError and GoalError are ValueErrors
             self.counts['rejected_goals'] += 1
             what = 'goal image' if image else f'goal pose {np.round(position, 4).tolist()}'
             return self.record_error('goal', f'rejected {what}: {e}')
@@ -273,11 +256,10 @@ class PlannerNode(ModelNode):
 
     def _publish_markers(self, result) -> None:
         cfg = self.params.config
-        probe = cfg.goal_probe if cfg.goal_probe.endswith('_position') else 'ee_position'
-        if result is None or result.predicted is None or probe not in self.model.probe_names:
+        path = self.controller.path(result, cfg.goal_probe if cfg.goal_probe.endswith(
+            '_position') else 'ee_position')
+        if path is None:
             return
-        with torch.no_grad():
-            path = self.model.probe(result.predicted)[probe].detach().cpu().double().numpy()
         # stamped as of the newest camera frame in the belief: observers measure camera ->
         # command latency from it (ami-ros demo)
         stamp = self._frame_stamp or self.get_clock().now().to_msg()

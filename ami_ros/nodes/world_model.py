@@ -124,11 +124,8 @@ class WorldModelNode(ModelNode):
         try:
             q = joint_positions(msg, self.joint_names)
         except ValueError as e:
-            return self.record_error('joint_states', str(e), 'warn')
-        if not np.all(np.isfinite(q)):
             self.dropped += 1
-            return self.record_error('joint_states', f'dropped joint_states with NaN/inf '
-                                                     f'positions {q.tolist()}', 'warn')
+            return self.record_error('joint_states', str(e), 'warn')
         self.estimator.measured(q)
         self._measured_stamp = seconds(msg.header.stamp)
 
