@@ -252,13 +252,13 @@ def time_core_loop(model, mpc_config, frames: list, goal_image: np.ndarray, q,
     """Milliseconds per control step of the core loop, without ROS.
 
     One step: encode a frame, update the belief (predict + fuse), plan - the
-    :class:`~ami_ros.control.LatentMPC` the nodes run, with their model and settings.
+    :class:`~ami_ros.agent.Agent`: the stages the nodes run, with their model and settings.
     """
     import torch
 
-    from ami_ros.control import LatentMPC
+    from ami_ros.agent import Agent
 
-    agent = LatentMPC(model, mpc_config)
+    agent = Agent(model, mpc_config)
     agent.set_goal_image(goal_image)
     q = np.asarray(q, dtype=np.float64)
     dt = float(mpc_config.belief.dt)

@@ -94,7 +94,7 @@ def test_eval_plan_bad_input_is_a_clear_error(tmp_path, capsys):
                           '--episodes', '1'], capsys)
     assert rc == 2 and 'action' in err
     bad = tmp_path / 'plan.yaml'
-    bad.write_text('eval:\n  stepz: 3\n')
+    bad.write_text('/**/eval_plan:\n  ros__parameters:\n    stepz: 3\n')
     rc, _, err = run_cli(['eval-plan', '--checkpoint', str(GOLDEN), '--scene', 'pusht',
                           '--config', str(bad), '--episodes', '1'], capsys)
     assert rc == 2 and 'stepz' in err

@@ -99,9 +99,7 @@ def test_launch_file_imports_and_describes():
 
 
 def _config_classes():
-    from ami_ros.nodes.perception import PerceptionConfig
-    from ami_ros.nodes.planner import PlannerNodeConfig
-    from ami_ros.nodes.world_model import WorldModelNodeConfig
+    from ami_ros.config import PerceptionConfig, PlannerNodeConfig, WorldModelNodeConfig
     return {'perception': PerceptionConfig, 'world_model': WorldModelNodeConfig,
             'planner': PlannerNodeConfig}
 
@@ -146,7 +144,17 @@ def test_params_files_match_the_node_configs(extra):
                         if k in fields})
         if extra:
             assert config.scene == extra
-    assert blocks[0]['/**']['ros__parameters']['scene'] in SCENES
+    # the scene comes from its own file, and so does every planning, cost and belief value:
+    # the one config of a scene that the nodes, eval-plan and the demo all read
+    assert 'scene' not in blocks[0]['/**']['ros__parameters']
+    agent_keys = {'planner', 'horizon', 'samples', 'iterations', 'elites', 'temperature',
+                  'init_std', 'min_std', 'momentum', 'seed', 'metric', 'terminal_weight',
+                  'running_weight', 'smoothness_weight', 'probe_weight', 'visual_weight',
+                  'ee_weight', 'joint_weight', 'command_weight', 'gain', 'history',
+                  'max_advance', 'surprise_threshold', 'surprise_window', 'reset_threshold',
+                  'gate_threshold', 'gate_max_frames'}
+    shared = {k for block in blocks[0].values() for k in block['ros__parameters']}
+    assert not shared & agent_keys, f'ami_ros.yaml holds scene settings {shared & agent_keys}'
 
 
 def test_every_scene_has_an_override_file_the_launch_file_can_load():

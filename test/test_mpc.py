@@ -1,4 +1,4 @@
-"""LatentMPC on an analytic latent system in the world model's duck type, and on a real WorldModel.
+"""The Agent on an analytic latent system in the world model's duck type, and on a real WorldModel.
 
 The analytic system: a 2-joint "robot" whose camera image is a flat colour, red and green
 encoding the two joint positions; its "encoder" reads them back, its dynamics are a first-order
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ami_ros.control import LatentMPC, MPCConfig, load_mpc_config
+from ami_ros.agent import Agent
+from ami_ros.control import MPCConfig
 from ami_ros.planning import PlannerConfig
 
 torch.set_num_threads(1)
@@ -81,7 +82,7 @@ def run_loop(agent, q, steps=25, image_fn=render):
 @pytest.mark.parametrize('planner', ['cem', 'mppi'])
 def test_reaches_goal_image_within_bounds_and_rate_limit(planner):
     cfg = dataclasses.replace(make_config(), planner=planner)
-    agent = LatentMPC(AnalyticModel(), cfg)
+    agent = Agent(AnalyticModel(), cfg)
     goal = np.array([0.6, -0.7])
     agent.set_goal_image(render(goal))
     q0 = np.array([-0.5, 0.4])
@@ -93,7 +94,7 @@ def test_reaches_goal_image_within_bounds_and_rate_limit(planner):
 
 
 def test_pose_goal_through_probe():
-    agent = LatentMPC(AnalyticModel(), make_config())
+    agent = Agent(AnalyticModel(), make_config())
     agent.set_goal_pose('position', [-0.3, 0.5])
     q, _ = run_loop(agent, np.zeros(2))
     assert np.linalg.norm(q - [-0.3, 0.5]) < 0.03
@@ -108,7 +109,7 @@ def test_pose_goal_through_probe():
 
 
 def test_holds_without_goal_or_belief_and_on_nan_images():
-    agent = LatentMPC(AnalyticModel(), make_config())
+    agent = Agent(AnalyticModel(), make_config())
     q = np.array([0.2, -0.1])
     target, info = agent.act(q, 0.0)
     assert info['reason'] == 'no_goal' and np.array_equal(target, q)
@@ -132,7 +133,7 @@ def test_holds_without_goal_or_belief_and_on_nan_images():
 
 
 def test_nan_rollouts_and_nan_joint_positions_never_give_nan():
-    agent = LatentMPC(AnalyticModel(nan_rollout=True), make_config())
+    agent = Agent(AnalyticModel(nan_rollout=True), make_config())
     agent.set_goal_image(render([0.5, 0.5]))
     q = np.array([0.1, 0.1])
     for t in range(3):
@@ -143,7 +144,7 @@ def test_nan_rollouts_and_nan_joint_positions_never_give_nan():
     # no joint feedback: keep the command in force
     target, _ = agent.act([np.nan, 0.0], 0.2)
     assert np.isfinite(target).all()
-    fresh = LatentMPC(AnalyticModel(), make_config())
+    fresh = Agent(AnalyticModel(), make_config())
     with pytest.raises(ValueError, match='nothing safe to hold'):
         fresh.act([np.nan, 0.0], 0.0)
 
@@ -157,7 +158,7 @@ def test_nan_rollouts_and_nan_joint_positions_never_give_nan():
     ('not an image', r'\(H, W, 3\)'),
 ])
 def test_malformed_goal_images_are_clear_errors(image, match):
-    agent = LatentMPC(AnalyticModel(), make_config())
+    agent = Agent(AnalyticModel(), make_config())
     with pytest.raises(ValueError, match=match):
         agent.set_goal_image(image)
     assert not agent.has_goal
@@ -165,31 +166,42 @@ def test_malformed_goal_images_are_clear_errors(image, match):
 
 def test_bad_config_and_arguments_are_named():
     with pytest.raises(ValueError, match='action_dim'):
-        LatentMPC(AnalyticModel(), make_config(action_dim=3))
+        Agent(AnalyticModel(), make_config(action_dim=3))
     with pytest.raises(ValueError, match='metric'):
         MPCConfig(planning=PlannerConfig(action_dim=2), metric='manhattan')
     with pytest.raises(ValueError, match='planner'):
         MPCConfig(planning=PlannerConfig(action_dim=2), planner='rrt')
-    agent = LatentMPC(AnalyticModel(), make_config())
+    agent = Agent(AnalyticModel(), make_config())
     with pytest.raises(ValueError, match='executed_action'):
         agent.observe(render([0, 0]), 0.0, [np.nan, 0.0])
     with pytest.raises(ValueError, match='joint_positions'):
         agent.act([0.0, 0.0, 0.0], 0.0)
 
 
-def test_plan_yaml_files_load(tmp_path):
-    from ami_ros.paths import config_path
+def test_scene_configs_load_into_the_agents_settings(tmp_path):
+    """One file per scene gives the nodes' configs and the agent's MPC config alike."""
+    from ami_ros.config import load_scene_config
+    from ami_ros.safety import Limits
 
-    for name, dim in (('plan_arm_reach.yaml', 4), ('plan_pusht.yaml', 2)):
-        cfg, evaluation = load_mpc_config(config_path(name), dim)
-        assert cfg.planning.action_dim == dim and 'steps' in evaluation
+    for name, dim in (('arm_reach', 4), ('pusht', 2)):
+        scene = load_scene_config(name)
+        limits = Limits(tuple(f'j{i}' for i in range(dim)), [-1.0] * dim, [1.0] * dim,
+                        [2.0] * dim)
+        cfg = scene.mpc(limits)
+        assert cfg.planning.action_dim == dim and 'steps' in scene.eval
+        assert cfg.planning.n_samples == scene.planner.samples
+        assert cfg.belief.gain == scene.world_model.gain
+        assert cfg.planning.vector('max_delta') == pytest.approx((2.0 * cfg.belief.dt,) * dim)
+    arm = load_scene_config('arm_reach')
+    assert (arm.planner.planner, arm.planner.visual_weight, arm.planner.ee_weight,
+            arm.planner.command_weight, arm.world_model.gain) == ('cem', 0.0, 1.0, 1.0, 1.0)
     bad = tmp_path / 'bad.yaml'
-    bad.write_text('planning:\n  horizn: 5\n')
+    bad.write_text('/**/planner:\n  ros__parameters:\n    horizn: 5\n')
     with pytest.raises(ValueError, match=r'bad.yaml.*horizn'):
-        load_mpc_config(bad, 2)
-    bad.write_text('cost:\n  metric: manhattan\n')
+        load_scene_config('pusht', bad)
+    bad.write_text('/**/planner:\n  ros__parameters:\n    metric: manhattan\n')
     with pytest.raises(ValueError, match=r'bad.yaml.*metric'):
-        load_mpc_config(bad, 2)
+        load_scene_config('pusht', bad)
 
 
 def test_world_model_in_the_loop():
@@ -199,7 +211,7 @@ def test_world_model_in_the_loop():
     from ami_ros.model import load_checkpoint
 
     model = load_checkpoint(Path(__file__).parent / 'golden' / 'tiny_model')
-    agent = LatentMPC(model, make_config())
+    agent = Agent(model, make_config())
     rng = np.random.default_rng(0)
     agent.set_goal_image(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
     q = np.zeros(2)
@@ -209,21 +221,23 @@ def test_world_model_in_the_loop():
         q, info = agent.act(q, t * DT)
         assert info['reason'] == 'ok' and np.isfinite(q).all()
         assert info['result'].predicted.shape == (4, model.latent_dim)
-    assert len(agent._hist) == model.history
+    assert agent.estimator.history().shape == (model.history, model.latent_dim)
 
 
-def test_belief_and_command_from_outside():
-    """The ROS planner node gets its belief from the world_model node, not from frames."""
-    agent = LatentMPC(AnalyticModel(), make_config())
+def test_control_stage_from_a_belief_history():
+    """The planner node's stage: the Controller plans from a belief history made elsewhere.
+
+    The history comes from the world_model node; the plan is rate-limited from the command in
+    force.
+    """
+    agent = Agent(AnalyticModel(), make_config())
     agent.set_goal_image(render([0.5, 0.5]))
-    z = [torch.tensor([0.0, 0.0]), torch.tensor([0.1, 0.1]), torch.tensor([0.2, 0.2])]
-    agent.set_belief(z, 1.0)
-    assert len(agent._hist) == 2 and torch.equal(agent._hist[-1], z[-1])
-    agent.set_command([0.2, 0.2])
-    target, info = agent.act([0.2, 0.2], 1.0)
-    assert info['reason'] == 'ok' and (target > 0.2).all()
-    assert np.abs(target - 0.2).max() <= VEL[0] * DT + 1e-6  # rate-limited from the command
-    with pytest.raises(ValueError, match='finite latents'):
-        agent.set_belief([torch.tensor([np.nan, 0.0])], 1.1)
+    hist = torch.tensor([[0.1, 0.1], [0.2, 0.2]])  # (k, D), oldest first
+    agent.controller.set_command([0.2, 0.2])
+    seq, info = agent.controller.act(hist, [0.2, 0.2])
+    assert info['reason'] == 'ok' and seq.shape == (1, 2) and (seq[0] > 0.2).all()
+    assert np.abs(seq[0] - 0.2).max() <= VEL[0] * DT + 1e-6  # rate-limited from the command
+    seq, info = agent.controller.act(None, [0.2, 0.2])
+    assert info['reason'] == 'no_belief' and np.allclose(seq[0], [0.2, 0.2])
     with pytest.raises(ValueError, match='command'):
-        agent.set_command([1.0])
+        agent.controller.set_command([1.0])

@@ -30,10 +30,10 @@ from std_srvs.srv import SetBool  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
-from ami_ros.data.images import decode_image, resize_image  # noqa: E402
+from ami_ros.data.images import decode_image, prepare_image  # noqa: E402
 from ami_ros.model import load_checkpoint  # noqa: E402
 from ami_ros.nodes.common import image_to_msg, msg_to_image, seconds, time_msg  # noqa: E402
-from ami_ros.nodes.perception import PerceptionNode, center_square  # noqa: E402
+from ami_ros.nodes.perception import PerceptionNode  # noqa: E402
 from ami_ros.nodes.planner import PlannerNode  # noqa: E402
 from ami_ros.nodes.world_model import WorldModelNode  # noqa: E402
 from ami_ros.paths import urdf_path  # noqa: E402
@@ -140,8 +140,8 @@ def goal_pose(position, frame='world') -> PoseStamped:
 
 
 def expected_latent(model, rgb: np.ndarray) -> np.ndarray:
-    """What perception must publish for a decoded frame: crop, resize, encode."""
-    square = np.ascontiguousarray(resize_image(center_square(rgb), model.config.image_size))
+    """What perception must publish for a decoded frame: prepared as training data, encoded."""
+    square = prepare_image(rgb, model.config.image_size)
     with torch.no_grad():
         return model.encode(torch.from_numpy(square[None]))[0].numpy()
 
@@ -325,8 +325,8 @@ def test_goal_to_commands_within_limits(ros_node, wait_for, stack, arm_view, out
     assert wait_for(lambda: ee and joints and surprise, 5.0), \
         (len(ee), len(joints), len(surprise), world.counts)
     assert ee[-1][1].header.frame_id == 'world' and len(joints[-1][1].position) == 4
-    z = msg_to_image(beliefs[-1][1])
-    assert z.shape == (1, 16) and z.dtype == np.float32
+    z = msg_to_image(beliefs[-1][1])  # the last k beliefs, oldest first
+    assert z.ndim == 2 and 1 <= z.shape[0] <= 3 and z.shape[1] == 16 and z.dtype == np.float32
 
 
 def test_watchdog_holds_within_the_timeout_and_resumes(ros_node, wait_for, stack, arm_view):
@@ -398,13 +398,12 @@ def test_watchdog_holds_within_the_timeout_and_resumes(ros_node, wait_for, stack
 @pytest.mark.parametrize('clock', ['wall', 'sim'])
 def test_no_hold_flapping_with_a_640x480_bgr8_camera_at_8_8_hz(ros_node, wait_for, stack,
                                                                arm_view, clock):
-    """A real camera's frames keep the planner planning: 640x480 bgr8 at 8.8 Hz.
+    """A real camera's frames (640x480 bgr8, 8.8 Hz) keep the planner planning.
 
-    Frames 114 ms apart with stale_timeout 0.25 s: not one hold tick over 130 frames (15 s).
-    Staleness is the arrival age
-    of the newest frame on the node's clock, judged at each control tick; with ``sim`` the
-    nodes run on a simulator's /clock that moves in 0.1 s steps at 10 Hz, and frames keep the
-    sim stamp they were taken at (a relay of the simulator's camera).
+    114 ms apart, stale_timeout 0.25 s: not one hold tick over 130 frames (15 s). Staleness is
+    the arrival age of the newest frame on the node's clock, judged at each control tick; with
+    ``sim`` the nodes run on a simulator's /clock that moves in 0.1 s steps at 10 Hz, and
+    frames keep the sim stamp they were taken at (a relay of the simulator's camera).
     """
     from rosgraph_msgs.msg import Clock
 
@@ -571,7 +570,7 @@ def test_parameters_are_validated(stack, rclpy_context, tiny_arm_model):
     assert planner.params.config.samples == 48 and planner.params.config.output == 'joint_' \
         'trajectory'
     assert set_(stale_timeout=0.5).successful and planner.watchdog.timeout == 0.5
-    assert set_(horizon=6).successful and planner.mpc.config.planning.horizon == 6
+    assert set_(horizon=6).successful and planner.controller.config.planning.horizon == 6
     # the world model's belief settings apply at run time too
     world = stack(WorldModelNode)
 
@@ -580,9 +579,9 @@ def test_parameters_are_validated(stack, rclpy_context, tiny_arm_model):
 
     result = wset(gate_threshold=-1.0)
     assert not result.successful and 'gate_threshold' in result.reason
-    assert world.filter.config.gate_threshold is None
+    assert world.estimator.config.gate_threshold is None
     assert wset(gate_threshold=6.0, gate_max_frames=3, reset_threshold=20.0).successful
-    cfg = world.filter.config
+    cfg = world.estimator.config
     assert (cfg.gate_threshold, cfg.gate_max_frames, cfg.reset_threshold) == (6.0, 3, 20.0)
     # bad start-up values: ValueError naming the parameter
     with pytest.raises(ValueError, match="'output' must be one of"):
@@ -612,7 +611,7 @@ def test_world_model_predicts_without_frames_and_fuses_late_ones(ros_node, wait_
     dt = 1.0 / RATE
     t0 = now - 0.35  # 3.5 steps ago: the belief has to catch up with predict-only steps
     latent_pub.publish(image_to_msg(z.astype(np.float32), time_msg(t0), 'cam'))
-    assert wait_for(lambda: world.counts['predicted'] >= 6, 5.0), world.counts
+    assert wait_for(lambda: world.estimator.predicted >= 6, 5.0), world.counts
     stamps = np.array(sorted({seconds(m.header.stamp) for _, m in beliefs}))
     assert stamps[0] == pytest.approx(t0)
     steps = (stamps - t0) / dt
@@ -620,7 +619,7 @@ def test_world_model_predicts_without_frames_and_fuses_late_ones(ros_node, wait_
     assert np.diff(stamps)[1:] == pytest.approx(dt, abs=1e-6), 'caught up, then one per tick'
     assert stamps[-1] >= world.now() - 2 * dt, 'the belief did not advance to now'
     # a late frame (two steps back) is fused in the past and rolled forward
-    late = world.filter.stamp - 2 * dt
+    late = world.estimator.stamp - 2 * dt
     latent_pub.publish(image_to_msg(z.astype(np.float32), time_msg(late), 'cam'))
     assert wait_for(lambda: world.counts['late'] == 1, 5.0), world.counts
     # a frame far older than the history is dropped with a warning, the node runs on
@@ -633,13 +632,13 @@ def test_world_model_predicts_without_frames_and_fuses_late_ones(ros_node, wait_
     inbox.listen(DiagnosticArray, '/diagnostics')
     surprise = inbox.listen(Float32, 'ami/surprise')
     for i in range(12):
-        stamp = world.filter.stamp + dt
+        stamp = world.estimator.stamp + dt
         latent_pub.publish(image_to_msg(z.astype(np.float32), time_msg(stamp), 'cam'))
-        assert wait_for(lambda: world.filter.stamp >= stamp - 1e-6, 5.0)
+        assert wait_for(lambda: world.estimator.stamp >= stamp - 1e-6, 5.0)
     assert wait_for(lambda: len(surprise) >= 12, 5.0)
     assert max(m.data for _, m in surprise[-3:]) < world.monitor.threshold
     odd = (z + 3.0 * np.abs(z).max() + 1.0).astype(np.float32)
-    latent_pub.publish(image_to_msg(odd, time_msg(world.filter.stamp + dt), 'cam'))
+    latent_pub.publish(image_to_msg(odd, time_msg(world.estimator.stamp + dt), 'cam'))
     assert wait_for(lambda: surprise[-1][1].data > world.monitor.threshold, 5.0)
     assert wait_for(lambda: any(s.level == DiagnosticStatus.WARN and 'surprise' in s.message
                                 for s in inbox.statuses('/world_model')), 5.0)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ami_ros.control import LatentMPC, MPCConfig
+from ami_ros.agent import Agent
+from ami_ros.control import MPCConfig
 from ami_ros.model import WorldModel, load_checkpoint, save_checkpoint
 from ami_ros.model.config import CNNConfig, ModelConfig, PredictorConfig, ProprioConfig
 from ami_ros.planning import PlannerConfig
@@ -77,29 +78,29 @@ def test_models_without_proprio_are_unchanged():
 def test_image_goal_cost_scores_the_end_effector_in_metres():
     model = proprio_model()
     planning = PlannerConfig(action_dim=J, horizon=2, n_samples=8, iterations=1, n_elites=2)
-    mpc = LatentMPC(model, MPCConfig(planning=planning, visual_weight=0.0, ee_weight=1.0,
-                                     terminal_weight=1.0, running_weight=0.0))
+    mpc = Agent(model, MPCConfig(planning=planning, visual_weight=0.0, ee_weight=1.0,
+                                 terminal_weight=1.0, running_weight=0.0))
     goal = np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8)
     mpc.set_goal_image(goal)
     with torch.no_grad():
         g = model.encode(torch.from_numpy(goal)[None])[0]
-        cost = mpc._cost(np.zeros(J))
+        cost = mpc.controller._cost(np.zeros(J))
         states = g.expand(1, 2, -1).clone()
         assert float(cost(states, torch.zeros(1, 2, J))) == pytest.approx(0.0, abs=1e-6)
         moved = states.clone()
         moved[..., D + J] += 0.2 / float(model.ee_std[0])  # the end effector 0.2 m off in x
         moved[..., :D] += 5.0                               # the visual part has no weight
         assert float(cost(moved, torch.zeros(1, 2, J))) == pytest.approx(0.2, rel=1e-4)
-    nothing = LatentMPC(model, MPCConfig(planning=planning, visual_weight=0.0, ee_weight=0.0))
+    nothing = Agent(model, MPCConfig(planning=planning, visual_weight=0.0, ee_weight=0.0))
     nothing.set_goal_image(goal)
     with pytest.raises(ValueError, match='all 0'):
-        nothing._cost(np.zeros(J))
+        nothing.controller._cost(np.zeros(J))
 
 
 def test_observe_takes_the_measured_joints():
     model = proprio_model()
     planning = PlannerConfig(action_dim=J, horizon=2, n_samples=8, iterations=1, n_elites=2)
-    mpc = LatentMPC(model, MPCConfig(planning=planning))
+    mpc = Agent(model, MPCConfig(planning=planning))
     frame = images(1)[0].numpy()
     mpc.observe(frame, 0.0, np.zeros(J), joints=np.array([0.7, -0.3]))
     assert np.allclose(model.probe(mpc.belief)['joint_positions'].detach().numpy(), [0.7, -0.3],
@@ -225,23 +226,23 @@ def test_goal_guide_is_the_posture_that_reaches_the_read_end_effector():
     planning = PlannerConfig(action_dim=J, horizon=2, n_samples=8, iterations=1, n_elites=2,
                              lower=(-2.0, -2.0), upper=(2.0, 2.0))
     goal = images(1, seed=4)[0].numpy()
-    plain = LatentMPC(model, MPCConfig(planning=planning, ee_weight=1.0))
+    plain = Agent(model, MPCConfig(planning=planning, ee_weight=1.0))
     plain.set_goal_image(goal)
-    assert plain._guide is None  # off unless asked for
-    mpc = LatentMPC(model, MPCConfig(planning=planning, ee_weight=1.0, goal_guide=True))
-    mpc.set_goal_image(goal)
+    assert plain.controller.guide() is None  # off unless asked for
+    agent = Agent(model, MPCConfig(planning=planning, ee_weight=1.0, goal_guide=True))
+    agent.set_goal_image(goal)
     with torch.no_grad():
         z = model.encode(torch.from_numpy(goal)[None])[0]
         read_q, read_ee = model.decode_proprio(z, 'joints'), model.decode_proprio(z, 'ee')
-        guide = torch.as_tensor(mpc._guide, dtype=torch.float32)
+        guide = agent.controller.guide().float()
         assert guide.shape == (J,) and bool(((guide >= -2.0) & (guide <= 2.0)).all())
         before = (model.ee_of_joints(read_q.clamp(-2.0, 2.0)) - read_ee).norm()
         after = (model.ee_of_joints(guide) - read_ee).norm()
     assert after < before
-    mpc.observe(images(1)[0].numpy(), 0.0, np.zeros(J), joints=np.zeros(J))
-    target, info = mpc.act(np.zeros(J))
+    agent.observe(images(1)[0].numpy(), 0.0, np.zeros(J), joints=np.zeros(J))
+    target, info = agent.act(np.zeros(J))
     assert np.isfinite(target).all() and info['reason'] == 'ok'
-    mpc.set_goal_pose('ee_position', [0.1, 0.2, 0.3])
-    assert mpc._guide is not None  # the image goal still stands
-    mpc.clear_goal()
-    assert mpc._guide is None
+    agent.set_goal_pose('ee_position', [0.1, 0.2, 0.3])
+    assert agent.controller.guide() is not None  # the image goal still stands
+    agent.clear_goal()
+    assert agent.controller.guide() is None

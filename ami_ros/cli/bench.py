@@ -12,7 +12,9 @@ machine that gets busier part-way slows them alike), median over ``--repeats`` a
   torch runs it eagerly around the model's rollout; a backend with plan graphs (ONNX Runtime)
   runs the whole plan -- every iteration's sampling, bounds, rollout, cost and elite refit --
   as one graph call (``ami_ros.planning.graph``); plans agree to float rounding;
-* core loop: encode one frame + belief update (fuse, one-step prediction) + a B1 plan.
+* core loop: one step of :class:`ami_ros.agent.Agent` with the scene's config (``--scene``:
+  planner, cost and belief of config/<scene>.yaml) at the B1 budget: encode a frame, advance
+  and fuse the belief with the model's k-step history, plan, the safety limits.
 
 Prints a table (or, with ``--json``, one JSON object on stdout) with speed-ups against PyTorch
 eager, and machine information. With the shipped model, writes the table into
@@ -41,6 +43,9 @@ B1_ITERATIONS, B2_ITERATIONS = 10, 30
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--checkpoint', default='arm_reach',
                         help='checkpoint directory or shipped model name')
+    parser.add_argument('--scene', choices=('arm_reach', 'pusht'), default='arm_reach',
+                        help='scene whose config (config/<scene>.yaml: planner, cost, belief) '
+                             'the core loop runs, at the B1 budget')
     parser.add_argument('--backend', nargs='+', default=None,
                         choices=('torch', 'onnxruntime', 'tensorrt'),
                         help='backends to time (default: every one that loads here)')
@@ -160,11 +165,24 @@ def _planner_config(model, samples: int, horizon: int, iterations: int):
                          warm_start=False, seed=0)
 
 
+def _scene_mpc(scene: str, planning):
+    """The scene config's loop (planner, cost, belief) at a bench budget and action bounds."""
+    import dataclasses
+
+    from ami_ros.agent import limits_of
+    from ami_ros.config import load_scene_config
+    from ami_ros.control import MPCConfig
+
+    cfg = load_scene_config(scene)
+    limits = limits_of(MPCConfig(planning=planning))
+    return dataclasses.replace(cfg.planner.mpc(cfg.world_model, limits), planning=planning)
+
+
 def run_bench(model, backends: dict, args) -> dict:
     """Time every backend in ``backends`` ({name: backend}); the result as a JSON-able dict."""
     import torch
 
-    from ami_ros.estimation.belief import BeliefConfig, BeliefFilter
+    from ami_ros.agent import Agent
     from ami_ros.planning import latent_goal_cost, make_planner
 
     s, k = model.input_size, model.history
@@ -222,25 +240,16 @@ def run_bench(model, backends: dict, args) -> dict:
             r['plan'].setdefault(n, {})[f'{label}_ms'] = timed[n]
             r['plan'][n]['search'] = 'eager' if searches[n] is None else 'graph'
     fns = {}
+    mpc = _scene_mpc(args.scene, _planner_config(model, args.samples, args.horizon,
+                                                 B1_ITERATIONS))
     for n, b in backends.items():
-        planner = make_planner('cem', _planner_config(model, args.samples, args.horizon,
-                                                      B1_ITERATIONS))
-        cost = latent_goal_cost(goals[n])
+        agent = Agent(b, mpc)
+        agent.set_goal_image(goal_img[0])
+        clock = {'t': 0.0, 'command': holds[n].cpu().double().numpy()}
 
-        def predict(z, a, b=b):
-            return b.rollout(z[None, None], a[None, None])[0, 0]
-        belief = BeliefFilter(BeliefConfig(gain=0.5, dt=0.1), predict)
-        clock = {'t': 0.0}
-
-        search = b.plan_search(planner, cost)
-
-        def loop(b=b, n=n, planner=planner, cost=cost, belief=belief, clock=clock,
-                 search=search):
-            z = b.encode(frame)[0]  # (D,)
-            belief.update(z, clock['t'])
-            plan = planner.plan(belief.z[None, None], dynamics=b.rollout, cost=cost,
-                                hold_action=holds[n], search=search)
-            belief.predict(plan.actions[0])
+        def loop(agent=agent, clock=clock):  # the Agent's observe + act: one control step
+            agent.observe(frame[0], clock['t'], clock['command'])
+            clock['command'], _ = agent.act(clock['command'], clock['t'])
             clock['t'] += 0.1
         fns[n] = (loop, dev(b))
     loop_ms = time_interleaved(fns, args.repeats, args.warmup, threads)

@@ -405,7 +405,7 @@ class Session:
         try:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 raise RuntimeError(f'planner for the core loop: {node.last_error}')
-            ms = time_core_loop(node.model, node.mpc.config, frames, goals[-1]['goal_image'],
+            ms = time_core_loop(node.model, node.controller.config, frames, goals[-1]['goal_image'],
                                 self.driver.joint_positions, repeats=40, warmup=5)
         finally:
             node.destroy_node()

@@ -30,7 +30,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help='planner (default: the plan config\'s)')
     parser.add_argument('--seed', type=int, default=0, help='seed of starts and goals')
     parser.add_argument('--config', type=Path, default=None,
-                        help='plan YAML (default: config/plan_<scene>.yaml)')
+                        help='the scene\'s config, a ROS parameters file (default: '
+                             'config/<scene>.yaml)')
     parser.add_argument('--budget', type=int, nargs='+', default=None,
                         help='planning budgets to sweep for the success-vs-budget plot, as '
                              'samples per iteration (default: only the config\'s)')
@@ -57,28 +58,30 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_closed_loop(args, budgets=()):
-    """(plan YAML path, MPC config, eval block, model, checkpoint path, scene) for ``args``.
+    """(scene config path, MPC config, eval block, model, checkpoint path, scene) for ``args``.
 
-    The plan YAML (``--config`` or config/plan_<scene>.yaml), the model on ``--backend`` sized
-    for the planner (and the largest of ``budgets``), the scene at the model's image size, and
-    the URDF limits in the MPC config. Raises ValueError/FileNotFoundError/CheckpointError.
+    The scene's one config (``--config`` or config/<scene>.yaml, after config/ami_ros.yaml:
+    the planner and world_model blocks the nodes run), the model on ``--backend`` sized for the
+    planner (and the largest of ``budgets``), the simulator at the model's image size, and its
+    joint limits as the safety limits. Raises ValueError/FileNotFoundError/CheckpointError.
     """
-    from ami_ros.control import load_mpc_config
-    from ami_ros.model.checkpoint import read_checkpoint_config, resolve_checkpoint
-    from ami_ros.paths import config_path
+    import numpy as np
+
+    from ami_ros.config import load_scene_config
+    from ami_ros.safety import Limits
     from ami_ros.sim import SceneConfig, make_scene
 
-    cfg_file = args.config or config_path(f'plan_{args.scene}.yaml')
-    action_dim = read_checkpoint_config(resolve_checkpoint(args.checkpoint))[0].action_dim
-    mpc, eval_block = load_mpc_config(cfg_file, action_dim)
-    model, image_size, ckpt_path = load_model(
-        args, mpc.planning.horizon, max([mpc.planning.n_samples, *budgets]))
+    cfg = load_scene_config(args.scene, args.config)
+    p = cfg.planner
+    model, image_size, ckpt_path = load_model(args, p.horizon, max([p.samples, *budgets]))
     scene = make_scene(args.scene, SceneConfig(image_size=image_size, seed=args.seed))
     if scene.num_joints != model.action_dim:
         raise ValueError(f'scene {args.scene} has {scene.num_joints} joints, the model '
                          f'{model.action_dim} action dimensions')
-    mpc = mpc.with_limits(scene.lower, scene.upper, scene.velocity_limit, scene.control_dt)
-    return cfg_file, mpc, eval_block, model, ckpt_path, scene
+    limits = Limits(tuple(f'joint{i}' for i in range(scene.num_joints)), scene.lower,
+                    scene.upper, np.asarray(scene.velocity_limit) * p.velocity_scale)
+    mpc = cfg.mpc(limits, max_belief_age=p.stale_timeout)
+    return cfg.files[-1], mpc, cfg.eval, model, ckpt_path, scene
 
 
 def load_model(args, horizon: int, batch: int):
@@ -109,7 +112,7 @@ def _log(message: str) -> None:
 
 
 def run(args) -> int:
-    from ami_ros.control import LatentMPC
+    from ami_ros.agent import Agent
     from ami_ros.evaluation import plan_eval as pe
     from ami_ros.evaluation.plots import plot_filmstrip, plot_success
     from ami_ros.model.checkpoint import CheckpointError
@@ -136,7 +139,7 @@ def run(args) -> int:
 
     policies = {}
     if 'world_model' in args.methods:
-        policies['world_model'] = pe.ModelPolicy(LatentMPC(model, mpc))
+        policies['world_model'] = pe.ModelPolicy(Agent(model, mpc))
     if 'random' in args.methods:
         policies['random'] = pe.RandomPolicy(mpc.planning, seed=args.seed)
     if 'oracle' in args.methods:
@@ -156,7 +159,7 @@ def run(args) -> int:
         if 'world_model' not in policies or n == p.n_samples:
             continue
         planning = dataclasses.replace(p, n_samples=n, n_elites=max(2, min(p.n_elites, n // 10)))
-        agent = LatentMPC(model, dataclasses.replace(mpc, planning=planning))
+        agent = Agent(model, dataclasses.replace(mpc, planning=planning))
         _log(f'eval-plan: planning budget {n} samples x {p.iterations} iterations')
         r, _ = pe.evaluate(scene, {'world_model': pe.ModelPolicy(agent)}, args.episodes,
                            args.seed, dataclasses.replace(ecfg, oracle_episodes=0), log=_log,

@@ -30,8 +30,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--steps', type=int, default=None, help='frames per episode')
     parser.add_argument('--seed', type=int, default=0, help='seed of episodes and anomalies')
     parser.add_argument('--config', type=Path, default=None,
-                        help='plan YAML with the belief settings '
-                             '(default config/plan_<scene>.yaml)')
+                        help='the scene\'s config with the belief settings '
+                             '(default config/<scene>.yaml)')
     add_model_arguments(parser)
     parser.add_argument('--out', type=Path, default=None,
                         help='directory for the PNG (default runs/eval-surprise/<scene>)')
@@ -40,7 +40,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ami_ros.control import LatentMPC
+    from ami_ros.agent import Agent
     from ami_ros.evaluation import plan_eval as pe
     from ami_ros.evaluation import surprise_eval as se
     from ami_ros.evaluation.plots import plot_surprise
@@ -56,7 +56,7 @@ def run(args) -> int:
     except (CheckpointError, ValueError, FileNotFoundError, TypeError, RuntimeError) as exc:
         print(f'ami-ros eval-surprise: error: {exc}', file=sys.stderr)
         return 2
-    agent = LatentMPC(model, mpc)
+    agent = Agent(model, mpc)
 
     def goal_fn(scene_, rng):
         return pe.make_goal(scene_, rng, ecfg)[1].image

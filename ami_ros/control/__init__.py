@@ -1,7 +1,6 @@
-"""Closed-loop control in latent space (no ROS import): the MPC agent and its configuration."""
+"""Configuration of the closed loop (no ROS import); the loop itself is :mod:`ami_ros.agent`."""
 from __future__ import annotations
 
-from ami_ros.control.config import MPCConfig, load_mpc_config
-from ami_ros.control.mpc import LatentMPC, check_image
+from ami_ros.control.config import MPCConfig
 
-__all__ = ['LatentMPC', 'MPCConfig', 'check_image', 'load_mpc_config']
+__all__ = ['MPCConfig']

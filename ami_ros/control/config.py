@@ -1,10 +1,7 @@
-"""Configuration of the latent-space MPC agent (no ROS import), and its YAML file.
+"""Settings of the agent's closed loop (no ROS import), validated where they are made.
 
-``config/plan_<scene>.yaml`` has the blocks ``planner`` (name), ``planning`` (fields of
-:class:`~ami_ros.planning.PlannerConfig`), ``cost``, ``belief``
-(:class:`~ami_ros.estimation.BeliefConfig`), ``surprise``
-(:class:`~ami_ros.estimation.SurpriseConfig`), ``agent`` and ``eval`` (read by ``ami-ros
-eval-plan``). Action bounds and the rate limit usually come from the robot (URDF limits,
+Made from the scene's one config file by :meth:`ami_ros.config.SceneConfig.mpc` (the planner
+and world_model blocks); action bounds and the rate limit come from the robot (URDF limits,
 velocity limits x control period) through :meth:`MPCConfig.with_limits`.
 """
 from __future__ import annotations
@@ -12,10 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
-
-import yaml
 
 from ami_ros.estimation import BeliefConfig, SurpriseConfig
 from ami_ros.planning import PLANNERS, PlannerConfig
@@ -24,7 +18,7 @@ from ami_ros.planning.cost import METRICS
 
 @dataclass
 class MPCConfig:
-    """Settings of :class:`ami_ros.control.LatentMPC`."""
+    """Settings of :class:`ami_ros.agent.Agent`."""
 
     planning: PlannerConfig
     """Sampling planner settings; ``action_dim`` must equal the model's."""
@@ -118,63 +112,3 @@ class MPCConfig:
             belief = dataclasses.replace(belief, dt=float(dt))
         return dataclasses.replace(self, planning=dataclasses.replace(self.planning, **planning),
                                    belief=belief)
-
-
-_BLOCKS = ('planner', 'planning', 'cost', 'belief', 'surprise', 'agent', 'eval')
-_COST_KEYS = ('metric', 'terminal_weight', 'running_weight', 'probe_weight',
-              'smoothness_weight', 'visual_weight', 'ee_weight', 'joint_weight',
-              'command_weight', 'goal_guide')
-_AGENT_KEYS = ('max_belief_age', 'speed_fraction')
-
-
-def _build(cls, data, where: str):
-    """cls(**data) with unknown keys and bad values reported under ``where``."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f'{where}: expected a mapping, got {type(data).__name__}')
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f'{where}: unknown keys {unknown}; known: {sorted(names)}')
-    try:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f'{where}: {exc}') from None
-
-
-def load_mpc_config(path, action_dim: int) -> tuple[MPCConfig, dict]:
-    """(MPCConfig, the raw ``eval`` block) from a plan YAML; errors name the file and block."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f'{path}: cannot read plan config: {exc}') from None
-    if not isinstance(data, dict):
-        raise ValueError(f'{path}: expected a mapping with blocks {list(_BLOCKS)}')
-    unknown = sorted(set(data) - set(_BLOCKS))
-    if unknown:
-        raise ValueError(f'{path}: unknown blocks {unknown}; known: {list(_BLOCKS)}')
-    planning = dict(data.get('planning') or {})
-    if 'action_dim' in planning and int(planning['action_dim']) != int(action_dim):
-        raise ValueError(f'{path}: planning.action_dim={planning["action_dim"]} but the model '
-                         f'has {action_dim} action dimensions')
-    planning['action_dim'] = int(action_dim)
-    top = {}
-    for block, keys in (('cost', _COST_KEYS), ('agent', _AGENT_KEYS)):
-        values = data.get(block) or {}
-        if not isinstance(values, dict) or set(values) - set(keys):
-            raise ValueError(f'{path}: block {block!r} takes only {list(keys)}, got {values!r}')
-        top.update(values)
-    planner = data.get('planner', 'cem')
-    try:
-        config = MPCConfig(
-            planning=_build(PlannerConfig, planning, f'{path}: planning'), planner=planner,
-            belief=_build(BeliefConfig, data.get('belief'), f'{path}: belief'),
-            surprise=_build(SurpriseConfig, data.get('surprise'), f'{path}: surprise'), **top)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f'{path}: {exc}') from None
-    evaluation = data.get('eval') or {}
-    if not isinstance(evaluation, dict):
-        raise ValueError(f'{path}: block eval must be a mapping')
-    return config, evaluation

@@ -28,7 +28,7 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_typestore
 
 from ami_ros.data.episode import Episode
-from ami_ros.data.images import ImageDecodeError, decode_image, encode_rgb8, resize_image
+from ami_ros.data.images import ImageDecodeError, decode_image, encode_rgb8, prepare_image
 from ami_ros.sim.truth import SIM_NAMESPACE, quaternion_yaw, split_truth
 
 log = logging.getLogger(__name__)
@@ -546,7 +546,7 @@ def _align(path: Path, raw: _Raw, frame_skip: int, image_size, interpolation: st
         except ImageDecodeError as err:
             raise BagError(f'{path}: image at {img_t[i] / 1e9:.6f} s: {err}') from None
         if image_size is not None:
-            img = resize_image(img, image_size, interpolation)
+            img = prepare_image(img, image_size, interpolation)
         images.append(img)
 
     truth = {}

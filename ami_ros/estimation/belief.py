@@ -22,7 +22,6 @@ K = P / (P + R), then refined by a line search on the one-step prediction error 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -125,8 +124,16 @@ class BeliefFilter:
 
     def __init__(self, config: BeliefConfig, predict: Predict,
                  surprise: Optional[SurpriseMonitor] = None,
-                 innovation_scale: Optional[torch.Tensor] = None):
+                 innovation_scale: Optional[torch.Tensor] = None, context: int = 1):
+        """Make a filter; ``context`` k is the predictor's history.
+
+        With k > 1 ``predict`` receives the last k' <= k beliefs stacked (k', ...), newest last
+        (:meth:`history`), not one latent.
+        """
         self.predict_fn = predict
+        self.context = int(context)
+        if self.context < 1:
+            raise ValueError(f'context must be >= 1, got {context}')
         self.surprise = surprise
         # (D,) typical one-step error per dimension: innovations are measured in these units
         self.innovation_scale = None if innovation_scale is None else \
@@ -156,13 +163,20 @@ class BeliefFilter:
     def stamp(self) -> Optional[float]:
         return self._steps[-1].stamp if self._steps else None
 
-    def set_gain(self, gain) -> None:
-        """Replace K (scalar or (D,) in [0, 1]), e.g. with ``fit_gain(...).gain``."""
-        g = torch.as_tensor(gain, dtype=torch.float64)
-        if g.dim() > 1 or not bool(((g >= 0) & (g <= 1)).all()):
-            raise ValueError(f'gain must be a scalar or (D,) in [0, 1], got {g.tolist()}')
-        self.config = dataclasses.replace(self._config, gain=g.item() if g.dim() == 0
-                                          else tuple(g.tolist()))
+    def history(self, k: int) -> list[torch.Tensor]:
+        """Return the last ``k`` beliefs (one per control step, oldest first) since the reset.
+
+        What a predictor with a k-step history predicts from; empty before the first
+        observation.
+        """
+        out: list[torch.Tensor] = []
+        for step in reversed(self._steps):
+            if len(out) == int(k):
+                break
+            out.append(step.post)
+            if step.reset:
+                break
+        return out[::-1]
 
     def reset(self, z: torch.Tensor, stamp: float) -> FilterStep:
         """Start again from an observed latent."""
@@ -187,7 +201,7 @@ class BeliefFilter:
         if not bool(torch.isfinite(a).all()):
             raise ValueError(f'belief predict: action contains NaN/inf: {a.tolist()}')
         last.action = a
-        prior, ok = self._step_model(last.post, a)
+        prior, ok = self._step_model(len(self._steps) - 1, a)
         self._steps.append(_Step(new_stamp, prior, prior))
         return FilterStep(prior, new_stamp, 'predicted' if ok else 'nan_prediction')
 
@@ -229,7 +243,7 @@ class BeliefFilter:
         lag = len(self._steps) - 1 - k
         for i in range(k + 1, len(self._steps)):  # roll forward through the commands since
             prev, cur = self._steps[i - 1], self._steps[i]
-            cur.prior, _ = self._step_model(prev.post, prev.action)
+            cur.prior, _ = self._step_model(i - 1, prev.action)
             cur.post = cur.prior if cur.obs is None else self._fuse(cur.prior, cur.obs, cur.reset)
         reason = 'reset' if reset else 'gated' if gated else ('late' if lag else 'fused')
         return FilterStep(self.z, self.stamp, reason, error, score, lag)
@@ -240,10 +254,22 @@ class BeliefFilter:
         k = self._gain.to(device=prior.device, dtype=prior.dtype)  # () or (D,)
         return prior + k * (obs - prior)
 
-    def _step_model(self, z: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """One model step; a non-finite prediction holds the belief instead."""
+    def _step_model(self, index: int, action: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """One model step from the belief at step ``index`` and the k - 1 before it.
+
+        Only beliefs since the last reset count; a non-finite prediction holds the belief.
+        """
+        z = self._steps[index].post
+        if self.context > 1:
+            steps = list(self._steps)[:index + 1]
+            start = max(len(steps) - self.context, 0)
+            resets = [i for i in range(start, len(steps)) if steps[i].reset]
+            start = resets[-1] if resets else start
+            z_in = torch.stack([s.post for s in steps[start:]])  # (k', ...)
+        else:
+            z_in = z
         with torch.no_grad():
-            nxt = self.predict_fn(z, action)
+            nxt = self.predict_fn(z_in, action)
         if tuple(nxt.shape) != tuple(z.shape):
             raise ValueError(f'predict returned shape {tuple(nxt.shape)} for a latent of shape '
                              f'{tuple(z.shape)}')

@@ -12,7 +12,7 @@ Success, judged at the END of the step budget (the agent must get there and stay
   AND DINO-WM's (``env/pusht/pusht_wrapper.py: eval_state``): the distance of (pusher x, y,
   block x, y) to the goal's below 20 units and the block angle error below pi/9.
 
-Methods, each from the same start and goal: ``world_model`` (LatentMPC on the learned model),
+Methods, each from the same start and goal: ``world_model`` (the Agent on the learned model),
 ``random`` (uniform steps within the rate limit, clipped to the bounds) and ``oracle`` (a
 sampling planner, CEM by default, with the same bounds and rate limit on the simulator itself,
 cost = distance of true state features to the goal's; smaller budget, see
@@ -34,7 +34,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ami_ros.control import LatentMPC, MPCConfig
+from ami_ros.agent import Agent
+from ami_ros.control import MPCConfig
 from ami_ros.evaluation.oracle import TrueDynamics, state_features
 from ami_ros.planning import PlannerConfig, latent_goal_cost, make_planner
 from ami_ros.sim import Scene
@@ -156,9 +157,9 @@ def reset_to(scene: Scene, state: np.ndarray, goal: Goal) -> None:
 
 # ---------------------------------------------------------------------------------- methods ---
 class ModelPolicy:
-    """The LatentMPC agent, given the goal as an image only."""
+    """The Agent, given the goal as an image only."""
 
-    def __init__(self, agent: LatentMPC):
+    def __init__(self, agent: Agent):
         self.agent = agent
 
     def begin(self, goal: Goal) -> None:

@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from ami_ros.control import LatentMPC
+from ami_ros.agent import Agent
 from ami_ros.sim import Scene
 
 ANOMALIES = ('teleport', 'blocked_joint', 'occlusion')
@@ -106,7 +106,7 @@ def teleport(scene: Scene, rng: np.random.Generator) -> None:
 class _Driver:
     """Commands for the arm: the scene's explorer, or the MPC towards a goal image."""
 
-    def __init__(self, scene: Scene, agent: LatentMPC, policy: str, rng: np.random.Generator,
+    def __init__(self, scene: Scene, agent: Agent, policy: str, rng: np.random.Generator,
                  goal_image=None):
         self.scene, self.agent, self.policy = scene, agent, policy
         self.explore = scene.make_explorer(rng) if policy == 'explorer' else None
@@ -122,7 +122,7 @@ class _Driver:
         return self.agent.act(self.scene.joint_positions, stamp)[0]
 
 
-def run_episode(scene: Scene, agent: LatentMPC, cfg: SurpriseEvalConfig, kind: str | None,
+def run_episode(scene: Scene, agent: Agent, cfg: SurpriseEvalConfig, kind: str | None,
                 rng: np.random.Generator, policy: str = 'explorer',
                 goal_image=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """One episode; returns (scores, errors, labels, onset index) per frame (NaN = no score)."""
@@ -173,7 +173,7 @@ def run_episode(scene: Scene, agent: LatentMPC, cfg: SurpriseEvalConfig, kind: s
     return scores, errors, labels, onset
 
 
-def evaluate_surprise(scene: Scene, agent: LatentMPC, episodes: int, seed: int,
+def evaluate_surprise(scene: Scene, agent: Agent, episodes: int, seed: int,
                       cfg: SurpriseEvalConfig, policy: str = 'explorer',
                       goal_fn: Callable | None = None,
                       log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:

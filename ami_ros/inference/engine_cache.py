@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ami_ros.inference.base import cache_root
+from ami_ros.model.checkpoint import sha256_file
 
 KEY_VERSION = 1
 """Bumped when the key's meaning changes, so older records never match."""
@@ -128,14 +129,6 @@ def engine_dir(cache_dir: Optional[Union[str, Path]] = None) -> Path:
     return cache_root(cache_dir) / 'engines'
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class EngineCache:
     """Engines for several models, GPUs and TensorRT versions side by side in one directory."""
 
@@ -167,7 +160,7 @@ class EngineCache:
             if data is None or data['_key'] != key:
                 return CacheDecision(engine, True, f'cached engine record {record} is unreadable '
                                                    f'or does not match its name')
-            if _sha256_file(engine) != data.get('engine_sha256'):
+            if sha256_file(engine) != data.get('engine_sha256'):
                 return CacheDecision(engine, True, f'cached engine {engine} is corrupt '
                                                    f'(sha256 differs from its record)')
             return CacheDecision(engine, False, f'cached engine {engine.name} matches')

@@ -24,7 +24,6 @@ import abc
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from torch import nn
 from ami_ros.inference.base import (PRECISIONS, BackendConfig, BackendUnavailable,
                                     InferenceBackend, ModelSource, ModelSpec, cache_root,
                                     model_sha256, resolve_device)
+from ami_ros.model.checkpoint import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,6 @@ OPSET = 17
 EXPORTERS = ('torchscript', 'dynamo')
 GRAPH_FILES = {'encoder': 'encoder.onnx', 'rollout': 'rollout.onnx', 'probes': 'probes.onnx'}
 META_PREFIX = 'ami_ros.'
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,8 +19,7 @@ and :class:`LatencyStats`.
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -31,51 +30,10 @@ from sensor_msgs.msg import Image
 
 from ami_ros.nodes.common import (ConfigParameters, RateMeter, ThrottledLog, diagnostic_status,
                                   guarded, image_to_msg, msg_to_image, run_node, seconds)
-from ami_ros.sim import SCENES
+from ami_ros.config import BACKENDS, ModelNodeConfig
 
-BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 LEVELS = {'ok': DiagnosticStatus.OK, 'warn': DiagnosticStatus.WARN,
           'error': DiagnosticStatus.ERROR, 'stale': DiagnosticStatus.STALE}
-
-
-@dataclass
-class ModelNodeConfig:
-    """Parameters every ami_ros model node has (the node's own come after these)."""
-
-    scene: str = 'arm_reach'
-    """Scene (robot) the stack runs for: picks the default model and URDF."""
-    model: str = ''
-    """World-model checkpoint: a directory, or the name of a shipped model under
-    share/ami_ros/models; empty = the model shipped for ``scene``. Applied on configure."""
-    backend: str = 'torch'
-    """Inference backend: torch, onnxruntime or tensorrt. Applied on configure."""
-    device: str = 'auto'
-    """Device of the torch backend: auto (CUDA when available), cpu, cuda or cuda:N."""
-    backend_fallback: tuple[str, ...] = ('torch',)
-    """Backends tried in order when ``backend`` cannot be loaded here (no GPU, no engine)."""
-    torch_threads: int = 0
-    """CPU threads of the backend (torch's are process-wide; 0 = the library's default).
-    Applied on configure."""
-    autostart: bool = True
-    """Configure and activate at start-up; false = wait for a lifecycle manager."""
-    diagnostics_hz: float = 1.0
-    """Rate of this node's /diagnostics messages, wall-clock Hz."""
-
-    def __post_init__(self):
-        if self.device != 'auto' and self.device != 'cpu' and not self.device.startswith('cuda'):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got "
-                             f'{self.device!r}')
-        bad = [b for b in self.backend_fallback if b not in BACKENDS]
-        if bad:
-            raise ValueError(f'backend_fallback {bad} are not backends {list(BACKENDS)}')
-
-    @property
-    def model_name(self) -> str:
-        return self.model or self.scene
-
-
-COMMON_RANGES = {'torch_threads': (0, 256), 'diagnostics_hz': (0.1, 100.0)}
-COMMON_CHOICES = {'scene': tuple(SCENES), 'backend': BACKENDS}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,17 +129,14 @@ class ModelNode(LifecycleNode):
     (level, message, values) for /diagnostics.
     """
 
-    def __init__(self, name: str, config_cls: type, *, ranges: Mapping | None = None,
-                 choices: Mapping | None = None, read_only=(), **kwargs):
+    def __init__(self, name: str, config_cls: type, **kwargs):
         # set before anything can fail: destroy_node() of a half-built node needs them
         self._entities: list[tuple[Callable, Any]] = []
         self.model = None
         self.model_info: dict[str, str] = {}
         super().__init__(name, **kwargs)
-        self.params = ConfigParameters(
-            self, config_cls, ranges={**COMMON_RANGES, **(ranges or {})},
-            choices={**COMMON_CHOICES, **(choices or {})}, read_only=read_only,
-            on_change=self._on_params_changed)
+        # descriptions, ranges, choices and read-only flags: the config fields' own
+        self.params = ConfigParameters(self, config_cls, on_change=self._on_params_changed)
         self.active = False
         self.state_label = 'unconfigured'
         self.last_error = ''
