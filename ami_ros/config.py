@@ -290,7 +290,8 @@ class PlannerNodeConfig(ModelNodeConfig):
             smoothness_weight=self.smoothness_weight, probe_weight=self.probe_weight,
             visual_weight=self.visual_weight, ee_weight=self.ee_weight,
             joint_weight=self.joint_weight, command_weight=self.command_weight,
-            goal_guide=self.goal_guide, belief=world.belief_config(), surprise=world.surprise_config(),
+            goal_guide=self.goal_guide, belief=world.belief_config(),
+            surprise=world.surprise_config(),
             max_belief_age=max_belief_age).with_limits(limits.lower, limits.upper, limits.rate, dt)
 
     def limits(self, joint_names=()):
