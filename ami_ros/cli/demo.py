@@ -549,6 +549,32 @@ def arm_reach_checkpoint(name_or_dir, command: str) -> Path:
     return checkpoint
 
 
+def run_and_report(command: str, work, path: Path, as_json: bool, table) -> dict | None:
+    """Run ``work(interrupt)``, then write its summary to ``path`` and print it.
+
+    Ctrl-C becomes a clean stop of the children; the summary goes out as one JSON object
+    (``as_json``) or through ``table``. Returns it, or None after printing the error when the
+    run failed.
+    """
+    interrupt = Interrupt()
+    previous = interrupt.install()
+    try:
+        summary = work(interrupt)
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f'ami-ros {command}: error: {exc}', file=sys.stderr)
+        return None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    summary = json_clean(summary)
+    path.write_text(json.dumps(summary, indent=1) + '\n')
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        table(summary)
+    return summary
+
+
 def run(args) -> int:
     from ami_ros.model.checkpoint import CheckpointError
 
@@ -574,29 +600,13 @@ def run(args) -> int:
         print(f'ami-ros demo: error: {exc}{hint}', file=sys.stderr)
         return 2
 
-    interrupt = Interrupt()
-    previous = interrupt.install()
-    try:
-        if args.bench:
-            runs = {}
-            for layout in ('one', 'per-node'):
-                runs[layout] = Session(args, layout, out / layout, checkpoint, interrupt).run()
-            summary = {'runs': runs, 'clock': runs['one']['clock']}
-        else:
-            summary = Session(args, args.processes, out, checkpoint, interrupt).run()
-    except (RuntimeError, ValueError, OSError) as exc:
-        print(f'ami-ros demo: error: {exc}', file=sys.stderr)
-        return 1
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    summary = json_clean(summary)
-    (out / ('bench.json' if args.bench else 'demo.json')).write_text(
-        json.dumps(summary, indent=1) + '\n')
-    if args.json:
-        print(json.dumps(summary))
-    elif args.bench:
-        print_bench(summary)
-    else:
-        print_table(summary)
-    return 0
+    def work(interrupt):
+        if not args.bench:
+            return Session(args, args.processes, out, checkpoint, interrupt).run()
+        runs = {layout: Session(args, layout, out / layout, checkpoint, interrupt).run()
+                for layout in ('one', 'per-node')}
+        return {'runs': runs, 'clock': runs['one']['clock']}
+
+    summary = run_and_report('demo', work, out / ('bench.json' if args.bench else 'demo.json'),
+                             args.json, print_bench if args.bench else print_table)
+    return 1 if summary is None else 0

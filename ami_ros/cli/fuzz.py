@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import array
-import json
 import math
 import os
 import re
@@ -38,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ami_ros.cli import json_clean
 
 MARK = 'ami_ros_fuzz'
 """frame_id of this tool's own messages where the frame does not matter: its trajectories are
@@ -943,7 +941,7 @@ def print_table(summary: dict) -> None:
 
 
 def run(args) -> int:
-    from ami_ros.cli.demo import Interrupt, arm_reach_checkpoint
+    from ami_ros.cli.demo import arm_reach_checkpoint, run_and_report
     from ami_ros.model.checkpoint import CheckpointError
 
     try:
@@ -965,22 +963,9 @@ def run(args) -> int:
         print(f'ami-ros fuzz: error: {exc}', file=sys.stderr)
         return 2
 
-    interrupt = Interrupt()
-    previous = interrupt.install()
-    try:
-        summary = Fuzzer(args, out, checkpoint, interrupt).run()
-    except (RuntimeError, ValueError, OSError) as exc:
-        print(f'ami-ros fuzz: error: {exc}', file=sys.stderr)
-        return 1
-    finally:
-        import signal
+    def work(interrupt):
+        return Fuzzer(args, out, checkpoint, interrupt).run()
 
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    summary = json_clean(summary)
-    (out / 'fuzz.json').write_text(json.dumps(summary, indent=1) + '\n')
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print_table(summary)
-    return 0 if summary['ok'] else 1
+    summary = run_and_report('fuzz', work, out / 'fuzz.json',
+                             args.json, print_table)
+    return 1 if summary is None or not summary['ok'] else 0

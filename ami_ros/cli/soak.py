@@ -15,13 +15,11 @@ and the first goals settle first). Table (one JSON object with ``--json``) on st
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from ami_ros.cli import json_clean
 
 PAGE_KB = os.sysconf('SC_PAGE_SIZE') // 1024 if hasattr(os, 'sysconf') else 4
 
@@ -176,7 +174,7 @@ def print_table(summary: dict) -> None:
 
 
 def run(args) -> int:
-    from ami_ros.cli.demo import Interrupt, arm_reach_checkpoint
+    from ami_ros.cli.demo import arm_reach_checkpoint, run_and_report
     from ami_ros.model.checkpoint import CheckpointError
 
     try:
@@ -193,22 +191,10 @@ def run(args) -> int:
         print(f'ami-ros soak: error: {exc}', file=sys.stderr)
         return 2
     args.bench = False
-    interrupt = Interrupt()
-    previous = interrupt.install()
-    try:
-        summary = _soak_session(args, out, checkpoint, interrupt).run()
-    except (RuntimeError, ValueError, OSError) as exc:
-        print(f'ami-ros soak: error: {exc}', file=sys.stderr)
-        return 1
-    finally:
-        import signal
 
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    summary = json_clean(summary)
-    (out / 'soak.json').write_text(json.dumps(summary, indent=1) + '\n')
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print_table(summary)
-    return 0 if summary['ok'] else 1
+    def work(interrupt):
+        return _soak_session(args, out, checkpoint, interrupt).run()
+
+    summary = run_and_report('soak', work, out / 'soak.json',
+                             args.json, print_table)
+    return 1 if summary is None or not summary['ok'] else 0
