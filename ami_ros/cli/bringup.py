@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from ami_ros.paths import config_path
@@ -90,23 +89,13 @@ def _print_table(summary: dict[str, dict]) -> None:
         print(f'{name:<14} {values["lifecycle"]:<9} {shown}')
 
 
-def _shutting_down(rclpy, within: float = 1.0) -> bool:
-    """Whether the default context is (or, within ``within`` seconds, becomes) shut down."""
-    deadline = time.monotonic() + within
-    while rclpy.ok():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.utilities import get_default_context
 
-    from ami_ros.nodes.common import prepare_exit
+    from ami_ros.nodes.common import init_ros, prepare_exit, spin_until_stopped
     from ami_ros.nodes.perception import PerceptionNode
     from ami_ros.nodes.planner import PlannerNode
     from ami_ros.nodes.world_model import WorldModelNode
@@ -116,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f'ami-ros bringup: {e}', file=sys.stderr)
         return 2
-    rclpy.init(args=ros_args)
+    stop = init_ros(ros_args)
     context = get_default_context()
     logger = rclpy.logging.get_logger('bringup')
     executor = SingleThreadedExecutor()
@@ -140,16 +129,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         logger.info(f'running {", ".join(n.get_name() for n in nodes)} in one process '
                     f'(scene {args.scene})')
-        deadline = time.monotonic() + args.duration if args.duration > 0 else None
-        while rclpy.ok() and (deadline is None or time.monotonic() < deadline):
-            try:
-                executor.spin_once(timeout_sec=0.1)
-            except Exception:
-                # A callback that ran into the SIGINT shutdown half-way is not a failure.
-                # rclpy shuts the context down from its signal thread: give it a moment.
-                if not _shutting_down(rclpy):
-                    raise
-                break
+        spin_until_stopped(executor, stop, args.duration)
     except (KeyboardInterrupt, ExternalShutdownException):
         code = 0
     finally:

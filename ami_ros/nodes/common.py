@@ -15,8 +15,10 @@ Nodes stay thin by doing all their ROS glue through these:
   field docstrings become descriptions), validated by that dataclass, bad runtime changes
   rejected in an on-set-parameters callback.
 * :func:`run_node`: the ``main()`` of every node (clean exit on Ctrl-C, a one-line fatal error
-  instead of a traceback for bad parameters); :func:`prepare_exit`: its last step, which keeps
-  interpreter exit from walking the heap (a node exits within a fraction of a second of SIGINT).
+  instead of a traceback for bad parameters); :func:`init_ros` and :func:`spin_until_stopped`:
+  its start and its loop, which answer SIGINT / SIGTERM on the main thread
+  (:class:`StopSignals`); :func:`prepare_exit`: its last step, which keeps interpreter exit from
+  walking the heap (a node exits within a fraction of a second of SIGINT).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import functools
 import gc
 import inspect
 import math
+import signal
 import textwrap
 import time
 import typing
@@ -536,6 +539,52 @@ def prepare_exit(context=None) -> None:
     gc.freeze()
 
 
+class StopSignals:
+    """SIGINT and SIGTERM as a request to stop, answered by the main thread.
+
+    rclpy's own handlers shut the context down from a thread of their own, whenever the signal
+    comes: a callback the main thread is running at that moment then uses a context being torn
+    down (a segfault, seen in 1 of 20 bring-ups stopped with SIGINT). Processes started with
+    :func:`init_ros` run without them: a signal only sets :attr:`requested`, the spin loop
+    (:func:`spin_until_stopped`) sees it within one poll, and the main thread stops the
+    executor, destroys the nodes and shuts rclpy down in that order. A second signal raises
+    ``KeyboardInterrupt`` (a start-up that does not reach the loop still stops).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested: int | None = None
+        for sig in self.SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signum
+
+
+def init_ros(args: list[str] | None = None) -> StopSignals:
+    """``rclpy.init`` without rclpy's signal handlers, ours in their place (:class:`StopSignals`).
+
+    Call from the main thread; returns the stop request :func:`spin_until_stopped` watches.
+    """
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    return StopSignals()
+
+
+def spin_until_stopped(executor, stop: StopSignals, duration: float = 0.0,
+                       poll: float = 0.1) -> None:
+    """Spin ``executor`` until a stop signal, rclpy shut down, or ``duration`` s (0: no limit)."""
+    deadline = time.monotonic() + duration if duration > 0 else None
+    while stop.requested is None and rclpy.ok() and \
+            (deadline is None or time.monotonic() < deadline):
+        executor.spin_once(timeout_sec=poll)
+
+
 def run_node(make_node: Callable[[], Any], args: list[str] | None = None,
              name: str = 'ami_ros') -> int:
     """Init rclpy, build the node, spin it single-threaded until Ctrl-C / SIGTERM, clean up.
@@ -547,7 +596,7 @@ def run_node(make_node: Callable[[], Any], args: list[str] | None = None,
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.utilities import get_default_context
 
-    rclpy.init(args=args)
+    stop = init_ros(args)
     context = get_default_context()
     node = None
     # single-threaded: the multi-threaded executor delivered timers irregularly here
@@ -559,7 +608,7 @@ def run_node(make_node: Callable[[], Any], args: list[str] | None = None,
             rclpy.logging.get_logger(name).fatal(str(e))
             return 2
         executor.add_node(node)
-        executor.spin()
+        spin_until_stopped(executor, stop)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
