@@ -119,6 +119,10 @@ class WorldModelNodeConfig(ModelNodeConfig):
     """Surprise score (innovation / typical innovation) above which /diagnostics warns."""
     surprise_window: int = _p(100, 1, 100000, read_only=True)
     """Recent innovations the typical one is the median of."""
+    surprise_channels: tuple[str, ...] = _p((), read_only=True)
+    """Innovation channels scored, each against its own typical value, the surprise being the
+    largest: all, visual, joints, ee, reading (the camera's reading of the joints against the
+    measured ones). Empty: all (the RMS over the whole state)."""
     reset_threshold: float = _p(0.0, 0.0, 1e6)
     """Surprise above which the belief restarts from the frame (0 = never)."""
     gate_threshold: float = _p(0.0, 0.0, 1e6)
@@ -144,6 +148,7 @@ class WorldModelNodeConfig(ModelNodeConfig):
             if getattr(self, name) < 0.0:
                 raise ValueError(f'{name} must be > 0 or 0 (off), got {getattr(self, name)}')
         self.belief_config()
+        self.surprise_config()
 
     def belief_config(self) -> BeliefConfig:
         return BeliefConfig(
@@ -154,7 +159,8 @@ class WorldModelNodeConfig(ModelNodeConfig):
     def surprise_config(self) -> SurpriseConfig:
         return SurpriseConfig(window=self.surprise_window,
                               min_count=min(10, self.surprise_window),
-                              threshold=self.surprise_threshold)
+                              threshold=self.surprise_threshold,
+                              channels=tuple(self.surprise_channels))
 
 
 AGENT_FIELDS = ('planner', 'horizon', 'samples', 'iterations', 'elites', 'temperature',

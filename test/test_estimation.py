@@ -205,6 +205,50 @@ def test_running_surprise_warms_up_then_flags():
         monitor.calibrate([0.1, 0.2])
 
 
+def test_surprise_channels_score_each_part_against_its_own_typical_error():
+    # a 10-dim state: 8 visual dims with large usual errors, 2 measured ones with small errors;
+    # a jump in one measured dim is lost in the RMS over all ten, not in its own channel
+    g = torch.Generator().manual_seed(3)
+    parts = {'visual': slice(0, 8), 'joints': slice(8, 10)}
+
+    def errors(innovation, reading=None):
+        e = {'all': float(innovation.pow(2).mean().sqrt()),
+             **{k: float(innovation[s].pow(2).mean().sqrt()) for k, s in parts.items()}}
+        return e if reading is None else {**e, 'reading': reading}
+
+    def normal():
+        return torch.cat([torch.randn(8, generator=g), 0.05 * torch.randn(2, generator=g)])
+
+    calib = [errors(normal(), reading=0.1 + 0.01 * float(torch.rand(1, generator=g)))
+             for _ in range(200)]
+    jump = normal()
+    jump[9] += 0.5  # ten times the joints' usual error
+    plain = SurpriseMonitor(SurpriseConfig())
+    plain.calibrate(calib)
+    split = SurpriseMonitor(SurpriseConfig(channels=('visual', 'joints', 'reading')))
+    _, threshold = split.calibrate(calib)
+    assert set(split.scales) == {'visual', 'joints', 'reading'}
+    assert plain.update(errors(jump, 0.1)) < plain.threshold
+    assert split.update(errors(jump, 0.1)) > threshold
+    assert split.channel_scores['joints'] == split.score
+    assert split.update(errors(normal(), reading=0.5)) > threshold  # the camera disagrees
+    assert split.update({'visual': 1.0}) >= 0  # a channel missing now and then is skipped
+    with pytest.raises(ValueError, match='no error for any'):
+        split.update({'all': 1.0})
+    with pytest.raises(ValueError, match='unknown'):
+        SurpriseConfig(channels=('pixels',))
+
+
+def test_belief_filter_reports_an_error_per_part_and_the_reading():
+    filt = BeliefFilter(BeliefConfig(gain=1.0, dt=DT), lambda z, a: z,
+                        parts={'visual': slice(0, 2), 'joints': slice(2, 3)})
+    filt.update(torch.zeros(3), 0.0)
+    filt.predict(torch.zeros(1))
+    step = filt.update(torch.tensor([0.0, 0.0, 3.0]), DT, reading=torch.tensor([4.0]))
+    assert step.channels == pytest.approx({'all': 3 ** 0.5, 'visual': 0.0, 'joints': 3.0,
+                                           'reading': 4.0})
+
+
 def test_belief_resets_to_the_observation_on_divergence(fitted):
     monitor = SurpriseMonitor()
     monitor.calibrate(_normal_errors(fitted, seed=10))

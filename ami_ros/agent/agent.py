@@ -69,7 +69,8 @@ class Agent:
         ``joints`` (J,): the joint positions measured with the frame. ``image=None`` (a dropped
         frame) only predicts; a frame with NaN is not fused; a malformed one raises ValueError.
         """
-        z = None if image is None else self.perceiver.encode(check_image(image), joints)
+        read = None if image is None else self.perceiver.encode(check_image(image))
+        z = read if read is None or joints is None else self.perceiver.with_joints(read, joints)
         if executed_action is not None:
             try:
                 self.controller.set_command(executed_action)
@@ -77,7 +78,7 @@ class Agent:
                 raise ValueError(f'executed_action: {exc}') from None
             since = self.estimator.stamp
             self.estimator.command(executed_action, float(stamp) if since is None else since)
-        step = self.estimator.observe(z, stamp)
+        step = self.estimator.observe(z, stamp, read)
         if joints is not None:  # after the step: it predicted with what was known before
             self.estimator.measured(joints)
         if z is None and image is not None and step.reason == 'uninitialized':

@@ -50,11 +50,16 @@ class Estimator:
     def reset(self) -> None:
         """Forget the belief, the commands and the joint states (a new episode)."""
         self.monitor.reset()
-        self.filter = BeliefFilter(self._config, self._predict, self.monitor,
-                                   getattr(self.model, 'innovation_scale', None), context=self.k)
+        self.filter = self._new_filter(getattr(self.model, 'innovation_scale', None))
         self._commands: deque[tuple[float, np.ndarray]] = deque(maxlen=COMMANDS_KEPT)
         self._measured: Optional[np.ndarray] = None
         self.predicted = 0  # predict-only steps made so far
+
+    def _new_filter(self, innovation_scale) -> BeliefFilter:
+        slices = getattr(self.model, 'state_slices', None)
+        parts = slices() if callable(slices) else None
+        return BeliefFilter(self._config, self._predict, self.monitor, innovation_scale,
+                            context=self.k, parts=parts)
 
     @property
     def dt(self) -> float:
@@ -108,8 +113,12 @@ class Estimator:
         return None
 
     # ------------------------------------------------------------------ steps
-    def observe(self, z: Optional[torch.Tensor], stamp: float) -> FilterStep:
+    def observe(self, z: Optional[torch.Tensor], stamp: float,
+                read: Optional[torch.Tensor] = None) -> FilterStep:
         """Fuse a state observed at ``stamp`` (None: a dropped frame, predict only).
+
+        ``read``: the same state as the camera alone read it (the model's posture reader in
+        place of the measured joints), for the ``reading`` surprise channel.
 
         The belief is first advanced with the commands in force up to the frame's stamp, so
         that the frame is fused with a prediction for its own time; a frame further ahead than
@@ -125,7 +134,17 @@ class Estimator:
             reason = 'predicted' if done else 'rejected_nan' if f.z is not None else \
                 'uninitialized'
             return FilterStep(f.z, f.stamp, reason)
-        return f.update(z, stamp)
+        return f.update(z, stamp, self._reading(z, read))
+
+    def _reading(self, z: torch.Tensor, read: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The camera's reading of the measured part of the state minus the measured values."""
+        if read is None or read.shape != z.shape:
+            return None
+        measured = slice(int(getattr(self.model, 'visual_dim', z.shape[-1])), None)
+        diff = (read - z)[..., measured]
+        if not diff.numel() or not bool(diff.abs().max() > 0):
+            return None  # nothing measured, or the state was not given measured joints
+        return diff.detach().cpu()
 
     def advance_to(self, now: float, max_steps: int) -> int:
         """Predict-only steps up to ``now`` (no frame came); how many were made.
@@ -138,8 +157,7 @@ class Estimator:
             return 0
         steps = int(math.floor((now - self.filter.stamp) / self.dt + 1e-6))
         if steps < -int(max_steps):
-            self.filter = BeliefFilter(self._config, self._predict, self.monitor,
-                                       self.filter.innovation_scale, context=self.k)
+            self.filter = self._new_filter(self.filter.innovation_scale)
             return -1
         if steps > int(max_steps):
             return 0

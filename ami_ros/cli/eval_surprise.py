@@ -73,13 +73,15 @@ def run(args) -> int:
     scene.close()
     report = {'checkpoint': ckpt_path, 'backend': args.backend, 'scene': args.scene,
               'policy': args.policy, 'plots': [str(plot)],
-              'typical_error': result['typical_error'], 'threshold': result['threshold'],
+              'typical_error': result['typical_error'],
+              'typical_errors': result['typical_errors'], 'threshold': result['threshold'],
               'normal_frames': result['normal_frames'],
               'false_positive_rate': result['false_positive_rate'],
               'types': {k: {kk: vv for kk, vv in v.items() if kk != 'scores'}
                         for k, v in result['types'].items()},
               'config': {**dataclasses.asdict(cfg), 'episodes': args.episodes, 'seed': args.seed,
-                         'belief_gain': mpc.belief.gain, 'plan_config': str(cfg_file)}}
+                         'belief_gain': mpc.belief.gain,
+                         'channels': list(mpc.surprise.scored), 'plan_config': str(cfg_file)}}
     if args.json:
         json.dump(json_clean(report), sys.stdout)
         sys.stdout.write('\n')

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -107,6 +107,10 @@ class FilterStep:
     """Surprise score of that error, when the filter has a monitor."""
     lag_steps: int = 0
     """Steps rolled forward again after fusing a late observation."""
+    innovation: Optional[torch.Tensor] = None
+    """(D,) the innovation itself, in the units of ``error`` (fused observations)."""
+    channels: Optional[dict] = None
+    """The errors by channel (``all``, each part of the state, ``reading``) the score came from."""
 
 
 @dataclass
@@ -124,12 +128,15 @@ class BeliefFilter:
 
     def __init__(self, config: BeliefConfig, predict: Predict,
                  surprise: Optional[SurpriseMonitor] = None,
-                 innovation_scale: Optional[torch.Tensor] = None, context: int = 1):
+                 innovation_scale: Optional[torch.Tensor] = None, context: int = 1,
+                 parts: Optional[Mapping[str, slice]] = None):
         """Make a filter; ``context`` k is the predictor's history.
 
         With k > 1 ``predict`` receives the last k' <= k beliefs stacked (k', ...), newest last
-        (:meth:`history`), not one latent.
+        (:meth:`history`), not one latent. ``parts``: where each part of the state lies (e.g.
+        ``visual``, ``joints``, ``ee``); each gets its own error channel for the monitor.
         """
+        self.parts = dict(parts or {})
         self.predict_fn = predict
         self.context = int(context)
         if self.context < 1:
@@ -205,8 +212,13 @@ class BeliefFilter:
         self._steps.append(_Step(new_stamp, prior, prior))
         return FilterStep(prior, new_stamp, 'predicted' if ok else 'nan_prediction')
 
-    def update(self, z_obs: torch.Tensor, stamp: float) -> FilterStep:
-        """Fuse an observed latent taken at ``stamp`` (seconds)."""
+    def update(self, z_obs: torch.Tensor, stamp: float,
+               reading: Optional[torch.Tensor] = None) -> FilterStep:
+        """Fuse an observed latent taken at ``stamp`` (seconds).
+
+        ``reading``: what the camera read of the measured part of the state, minus what was
+        measured (the ``reading`` error channel), if known.
+        """
         stamp = float(stamp)
         obs = self._checked(z_obs, 'observed latent')
         if obs is None:
@@ -231,7 +243,11 @@ class BeliefFilter:
                 innovation.shape[-1:] == self.innovation_scale.shape:
             innovation = innovation / self.innovation_scale.to(innovation.device)
         error = float(innovation.pow(2).mean().sqrt())
-        score = self.surprise.update(error) if self.surprise is not None else None
+        errors = {'all': error, **{name: float(innovation[..., part].pow(2).mean().sqrt())
+                                   for name, part in self.parts.items()}}
+        if reading is not None:
+            errors['reading'] = float(torch.as_tensor(reading).double().pow(2).mean().sqrt())
+        score = self.surprise.update(errors) if self.surprise is not None else None
         threshold, gate = self.config.reset_threshold, self.config.gate_threshold
         reset = threshold is not None and score > float(threshold)
         gated = not reset and gate is not None and score > float(gate)
@@ -246,7 +262,7 @@ class BeliefFilter:
             cur.prior, _ = self._step_model(i - 1, prev.action)
             cur.post = cur.prior if cur.obs is None else self._fuse(cur.prior, cur.obs, cur.reset)
         reason = 'reset' if reset else 'gated' if gated else ('late' if lag else 'fused')
-        return FilterStep(self.z, self.stamp, reason, error, score, lag)
+        return FilterStep(self.z, self.stamp, reason, error, score, lag, innovation, errors)
 
     def _fuse(self, prior: torch.Tensor, obs: torch.Tensor, reset: bool) -> torch.Tensor:
         if reset:

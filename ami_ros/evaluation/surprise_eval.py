@@ -124,8 +124,12 @@ class _Driver:
 
 def run_episode(scene: Scene, agent: Agent, cfg: SurpriseEvalConfig, kind: str | None,
                 rng: np.random.Generator, policy: str = 'explorer',
-                goal_image=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """One episode; returns (scores, errors, labels, onset index) per frame (NaN = no score)."""
+                goal_image=None) -> tuple[np.ndarray, list, np.ndarray, int]:
+    """One episode; returns (scores, errors, labels, onset index) per frame.
+
+    Scores are NaN and errors (a dict by channel, :attr:`FilterStep.channels`) None where the
+    frame got no score.
+    """
     n = int(cfg.steps)
     onset = int(rng.integers(cfg.warmup + 2, n - cfg.duration - cfg.settle)) if kind else -1
     joint = int(rng.integers(scene.num_joints))
@@ -136,7 +140,7 @@ def run_episode(scene: Scene, agent: Agent, cfg: SurpriseEvalConfig, kind: str |
     drive = _Driver(scene, agent, policy, rng, goal_image)
     commanded = scene.target
     held = None
-    scores, errors = np.full(n, np.nan), np.full(n, np.nan)
+    scores, errors = np.full(n, np.nan), [None] * n
     labels = np.full(n, NORMAL)
     labels[:cfg.warmup] = EXCLUDED
     dt = scene.control_dt
@@ -150,7 +154,7 @@ def run_episode(scene: Scene, agent: Agent, cfg: SurpriseEvalConfig, kind: str |
             image[y0:y0 + side, x0:x0 + side] = 0
         step = agent.observe(image, t * dt, commanded, joints=scene.joint_positions)
         if step.surprise is not None:
-            scores[t], errors[t] = step.surprise, step.error
+            scores[t], errors[t] = step.surprise, step.channels
         # label of this frame; ``last``: the last frame that can show the anomaly
         last = {'teleport': onset, 'occlusion': onset + cfg.duration - 1,
                 'blocked_joint': onset + cfg.duration}.get(kind, -1)
@@ -188,10 +192,11 @@ def evaluate_surprise(scene: Scene, agent: Agent, episodes: int, seed: int,
     calib = []
     for ep in range(int(cfg.calibration_episodes)):
         _, errors, labels, _ = episode(ep, None)
-        calib.append(errors[(labels == NORMAL) & np.isfinite(errors)])
-    scale, threshold = agent.monitor.calibrate(np.concatenate(calib))
+        calib += [e for e, label in zip(errors, labels) if label == NORMAL and e is not None]
+    scale, threshold = agent.monitor.calibrate(calib)
+    scales = ', '.join(f'{c} {v:.4g}' for c, v in agent.monitor.scales.items())
     log(f'eval-surprise: calibrated on {cfg.calibration_episodes} normal episodes: typical '
-        f'error {scale:.4g}, threshold {threshold:.3g}')
+        f'error {scales}; threshold {threshold:.3g}')
     normal, per_type = [], {k: {'all': [], 'onset': []} for k in ANOMALIES}
     for i in range(int(episodes)):
         kind = ANOMALIES[i % len(ANOMALIES)]
@@ -202,11 +207,13 @@ def evaluate_surprise(scene: Scene, agent: Agent, episodes: int, seed: int,
         per_type[kind]['all'].append(scores[anomalous])
         if anomalous.size:
             per_type[kind]['onset'].append(scores[anomalous[:1]])
-        log(f'episode {i + 1}/{episodes}: {kind} at frame {onset}: max score '
-            f'{np.nanmax(scores[anomalous]) if anomalous.size else float("nan"):.2f}, normal '
-            f'max {np.nanmax(scores[(labels == NORMAL) & ok]):.2f}')
+        shown = f'max score {np.max(scores[anomalous]):.2f}' if anomalous.size else \
+            'no frame showed it (e.g. a joint blocked where it was to stay)'
+        log(f'episode {i + 1}/{episodes}: {kind} at frame {onset}: {shown}, normal max '
+            f'{np.nanmax(scores[(labels == NORMAL) & ok]):.2f}')
     normal_all = np.concatenate(normal)
-    out = {'typical_error': scale, 'threshold': threshold, 'normal_frames': int(normal_all.size),
+    out = {'typical_error': scale, 'typical_errors': dict(agent.monitor.scales),
+           'threshold': threshold, 'normal_frames': int(normal_all.size),
            'false_positive_rate': float(np.mean(normal_all > threshold)), 'types': {}}
     for kind, d in per_type.items():
         a_all = np.concatenate(d['all']) if d['all'] else np.zeros(0)

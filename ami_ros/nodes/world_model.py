@@ -102,10 +102,10 @@ class WorldModelNode(ModelNode):
             return self.record_error('latent', f'dropped a latent on {LATENT_TOPIC}: {e}')
         self.counts['latents'] += 1
         stamp, est = seconds(msg.header.stamp), self.estimator
-        z = torch.from_numpy(z[0])
+        z = read = torch.from_numpy(z[0])  # as the camera read it
         if est.joints is not None and abs(self._measured_stamp - stamp) <= est.dt:
             z = self.perceiver.with_joints(z, est.joints).cpu()  # joints measured with it
-        step = est.observe(z, stamp)
+        step = est.observe(z, stamp, read)
         reason = COUNTED.get(step.reason, step.reason)
         if reason in self.counts:
             self.counts[reason] += 1
