@@ -246,3 +246,23 @@ def test_goal_guide_is_the_posture_that_reaches_the_read_end_effector():
     assert agent.controller.guide() is not None  # the image goal still stands
     agent.clear_goal()
     assert agent.controller.guide() is None
+
+
+def test_the_agent_scores_the_cameras_reading_against_the_measured_joints():
+    from ami_ros.agent import Agent
+    from ami_ros.control.config import MPCConfig
+    from ami_ros.estimation import SurpriseConfig
+    from ami_ros.planning import PlannerConfig
+
+    model = proprio_model(seed=5)
+    agent = Agent(model, MPCConfig(planning=PlannerConfig(action_dim=J), surprise=SurpriseConfig(
+        channels=('visual', 'reading'))))
+    x, q = images(2, seed=3).numpy(), np.array([0.2, -0.1])
+    agent.observe(x[0], 0.0, q, joints=q)
+    step = agent.observe(x[1], 0.1, q, joints=q)
+    with torch.no_grad():
+        read = model.encode(torch.from_numpy(x[1:]))[0]
+        measured = model.encode(torch.from_numpy(x[1:]), torch.from_numpy(q[None]).float())[0]
+    expected = float((read - measured)[D:].double().pow(2).mean().sqrt())
+    assert expected > 0 and step.channels['reading'] == pytest.approx(expected, rel=1e-5)
+    assert set(step.channels) == {'all', 'visual', 'joints', 'ee', 'reading'}
