@@ -1,6 +1,6 @@
-"""Bring-up: launch file, parameter files, ``ami-ros bringup``, stack and sim as two processes.
+"""Bring-up: launch files, parameter files, ``ami-ros bringup``, stack and sim as two processes.
 
-The launch file is checked statically (launch/launch_ros are not installable here), the
+The launch files are checked statically (launch/launch_ros are not installable here), the
 parameter files against the nodes' configs, and one short run of the stack (``ami-ros
 bringup``) with the simulator in another process shows commands reaching the sim.
 """
@@ -23,11 +23,12 @@ from ami_ros.sim import SCENES
 from conftest import REPO, console_scripts, node_command
 
 LAUNCH = REPO / 'launch' / 'ami_bringup.launch.py'
+SIM_LAUNCH = REPO / 'launch' / 'sim.launch.py'
 NODES = ('perception', 'world_model', 'planner')
 
 
-def _tree():
-    return ast.parse(LAUNCH.read_text(), filename=str(LAUNCH))
+def _tree(path: Path = LAUNCH):
+    return ast.parse(path.read_text(), filename=str(path))
 
 
 def _calls(tree, name: str) -> list[ast.Call]:
@@ -41,15 +42,22 @@ def _kw(call: ast.Call) -> dict:
     return {k.arg: k.value for k in call.keywords}
 
 
-def test_launch_arguments_are_declared_and_described():
+def _declared(path: Path) -> dict[str, tuple[str, dict]]:
+    """{argument: (description, keywords)} of the DeclareLaunchArgument calls of ``path``."""
     declared = {}
-    for call in _calls(_tree(), 'DeclareLaunchArgument'):
+    for call in _calls(_tree(path), 'DeclareLaunchArgument'):
         kw = _kw(call)
         desc = kw['description']
         text = desc.value if isinstance(desc, ast.Constant) else ''.join(
             v.value for v in ast.walk(desc) if isinstance(v, ast.Constant))
         declared[call.args[0].value] = (text, kw)
-    assert set(declared) == {'scene', 'backend', 'params_file', 'use_sim', 'namespace'}
+    return declared
+
+
+def test_launch_arguments_are_declared_and_described():
+    declared = _declared(LAUNCH)
+    assert set(declared) == {'scene', 'backend', 'params_file', 'sim_params_file', 'use_sim',
+                             'namespace'}
     for name, (text, _) in declared.items():
         assert len(text) > 20, f'argument {name!r} needs a real description'
     scenes = ast.literal_eval(declared['scene'][1]['choices'])
@@ -73,18 +81,41 @@ def test_launch_nodes_are_installed_executables_built_by_one_helper():
     assert node['package'].value == 'ami_ros' and node['executable'].id == 'executable'
     params = [ast.unparse(p) for p in node['parameters'].elts]
     assert params[0] == "LaunchConfiguration('params_file')", 'the params file comes first'
-    assert "'.yaml'" in params[1] and "'config'" in params[1], 'then config/<scene>.yaml'
+    assert params[1] == 'scene_params_file(share)', 'then config/<scene>.yaml'
+    scene_file = ast.unparse(next(f for f in tree.body if isinstance(f, ast.FunctionDef)
+                                  and f.name == 'scene_params_file'))
+    assert "'config'" in scene_file and "'.yaml'" in scene_file
     assert all(k in params[2] for k in ("'scene'", "'backend'", "'use_sim_time'"))
 
 
-def test_launch_includes_the_sim_when_use_sim():
+@pytest.mark.parametrize('path', [LAUNCH, SIM_LAUNCH], ids=lambda p: p.name)
+def test_launch_substitutions_work_on_jazzy_too(path):
+    """No nested list inside PathJoinSubstitution: Kilted's launch accepts one, Jazzy's raises.
+
+    ``TypeError: Failed to normalize given item of type '<class 'list'>'``
+    """
+    for call in _calls(_tree(path), 'PathJoinSubstitution'):
+        for part in getattr(call.args[0], 'elts', ()):
+            assert not isinstance(part, (ast.List, ast.Tuple)), \
+                f'{path.name}: {ast.unparse(call)} needs Kilted; concatenate another way'
+
+
+def test_launch_includes_the_sim_when_use_sim_with_its_own_params():
     include = _calls(_tree(), 'IncludeLaunchDescription')
     assert len(include) == 1
     source = ast.unparse(include[0])
     assert "'sim.launch.py'" in source and "IfCondition(LaunchConfiguration('use_sim'))" in source
-    assert (REPO / 'launch' / 'sim.launch.py').is_file()
-    for arg in ('scene', 'namespace', 'use_sim_time'):
+    assert SIM_LAUNCH.is_file()
+    for arg in ('scene', 'namespace', 'use_sim_time', 'sim_params_file'):
         assert f"'{arg}'" in source
+    # An included launch file sees the launch configurations of the one that includes it: the
+    # simulator's file argument must not be called params_file, or the stack's file reaches it.
+    assert "'params_file'" not in source
+    sim_args = _declared(SIM_LAUNCH)
+    assert 'params_file' not in sim_args and 'sim_params_file' in sim_args
+    defaults = {ast.unparse(_declared(path)['sim_params_file'][1]['default_value'])
+                for path in (LAUNCH, SIM_LAUNCH)}
+    assert defaults == {"os.path.join(share, 'config', 'sim.yaml')"}
 
 
 @pytest.mark.skipif(importlib.util.find_spec('launch_ros') is None,
@@ -95,7 +126,7 @@ def test_launch_file_imports_and_describes():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
-    assert len(description.entities) == 5 + 1 + 3
+    assert len(description.entities) == 6 + 1 + 3
 
 
 def _config_classes():
