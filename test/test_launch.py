@@ -1,8 +1,9 @@
-"""Bring-up: launch files, parameter files, ``ami-ros bringup``, stack and sim as two processes.
+"""Bring-up: launch files, install layout, parameter files, ``ami-ros bringup``, stack and sim.
 
 The launch files are checked statically (launch/launch_ros are not installable here), the
-parameter files against the nodes' configs, and one short run of the stack (``ami-ros
-bringup``) with the simulator in another process shows commands reaching the sim.
+install layout ``ros2 launch`` reads, the parameter files against the nodes' configs, and one
+short run of the stack (``ami-ros bringup``) with the simulator in another process shows
+commands reaching the sim.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import ast
 import dataclasses
 import importlib.util
 import json
+import os
 import time
 import typing
 from pathlib import Path
@@ -127,6 +129,41 @@ def test_launch_file_imports_and_describes():
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
     assert len(description.entities) == 6 + 1 + 3
+
+
+# ------------------------------------------------------------------------------------------------
+# the install layout ros2 launch reads (scripts/setup_venv.sh, colcon build)
+
+
+def _installed_prefix() -> Path | None:
+    """The prefix ami_ros is installed in (ament index), or None when it is not installed."""
+    try:
+        from ament_index_python.packages import get_package_prefix
+        return Path(get_package_prefix('ami_ros'))
+    except (ImportError, LookupError, ValueError):
+        return None
+
+
+def test_install_prefix_is_laid_out_for_ros2_launch():
+    """What launch_ros and ros2launch look up: <prefix>/lib/ami_ros/<exe>, share/ami_ros files.
+
+    launch_ros resolves ``Node(package, executable)`` in ``<prefix>/lib/<package>``; ros2launch
+    finds ``ros2 launch <package> <file>`` with ``os.walk`` over the share folder, which does not
+    enter symlinked folders.
+    """
+    prefix = _installed_prefix()
+    if prefix is None:
+        pytest.skip('ami_ros is not installed (no ament index entry): make setup installs it')
+    for exe in console_scripts():
+        path = prefix / 'lib' / 'ami_ros' / exe
+        assert path.is_file() and os.access(path, os.X_OK), f'{path}: not an executable'
+    share = prefix / 'share' / 'ami_ros'
+    walked = {os.path.relpath(os.path.join(root, f), share)
+              for root, _, files in os.walk(share) for f in files}
+    wanted = {'package.xml', *(str(f.relative_to(REPO)) for f in REPO.glob('launch/*.py'))}
+    wanted |= {str(f.relative_to(REPO)) for d in ('config', 'urdf', 'models')
+               for f in (REPO / d).rglob('*') if f.is_file() and '__pycache__' not in f.parts}
+    assert wanted <= walked, f'not found by os.walk under {share}: {sorted(wanted - walked)}'
 
 
 def _config_classes():
