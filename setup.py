@@ -35,7 +35,7 @@ setup(
     maintainer_email='maintainers@ami-ros.dev',
     description='A learned world model for ROS 2 robots: latent perception, estimation and MPC.',
     license='Apache-2.0',
-    extras_require={'test': ['pytest']},  # where colcon test looks for pytest
+    extras_require={'test': ['pytest>=8,<9']},  # where colcon test looks for pytest
     entry_points={
         'console_scripts': [
             'ami-ros = ami_ros.cli:main',

@@ -5,10 +5,14 @@
 
 Each node reads ``params_file`` (one block per node, default ``config/ami_ros.yaml``), then the
 scene's overrides ``config/<scene>.yaml``, then the launch arguments. With ``use_sim:=true`` the
-built-in simulator (``sim.launch.py``) starts too and every node runs on its ``/clock``; without
-it the nodes talk to whatever publishes ``camera/image_raw`` and ``joint_states`` (Gazebo,
-hardware drivers) in the same namespace. ``ami-ros bringup`` runs the same nodes with the same
-files in one process, for machines without ``ros2 launch``.
+built-in simulator (``sim.launch.py``) starts too, configured by its own ``sim_params_file``
+(default ``config/sim.yaml``; ``params_file`` never reaches it), and every node runs on its
+``/clock``; without it the nodes talk to whatever publishes ``camera/image_raw`` and
+``joint_states`` (Gazebo, hardware drivers) in the same namespace. ``ami-ros bringup`` runs the
+same nodes with the same files in one process, for machines without ``ros2 launch``.
+
+Only substitutions that ROS 2 Jazzy's launch accepts as well as Kilted's are used (no nested
+lists inside ``PathJoinSubstitution``).
 """
 import os
 
@@ -17,12 +21,23 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.parameter_descriptions import ParameterFile, ParameterValue
 
 NODES = ('perception', 'world_model', 'planner')
 """The stack's executables (console scripts of setup.py), one node of the same name each."""
+
+
+def scene_params_file(share):
+    """``<share>/config/<scene>.yaml`` as one parameter file.
+
+    A list of text and substitutions is concatenated when performed, in every launch version;
+    ``PathJoinSubstitution([share, 'config', [scene, '.yaml']])`` only works from Kilted on
+    (Jazzy: ``TypeError: Failed to normalize given item of type '<class 'list'>'``).
+    """
+    return ParameterFile([os.path.join(share, 'config', ''), LaunchConfiguration('scene'),
+                          '.yaml'])
 
 
 def ami_node(executable, share):
@@ -36,7 +51,7 @@ def ami_node(executable, share):
         emulate_tty=True,
         parameters=[
             LaunchConfiguration('params_file'),
-            PathJoinSubstitution([share, 'config', [LaunchConfiguration('scene'), '.yaml']]),
+            scene_params_file(share),
             {
                 'scene': LaunchConfiguration('scene'),
                 'backend': LaunchConfiguration('backend'),
@@ -66,6 +81,10 @@ def generate_launch_description():
             description='Also start the built-in simulator (sim.launch.py) and run every node '
                         'on its /clock (use_sim_time).'),
         DeclareLaunchArgument(
+            'sim_params_file', default_value=os.path.join(share, 'config', 'sim.yaml'),
+            description='YAML with the parameters of the simulator node (rates, seed, frame '
+                        'ids); used with use_sim:=true only, params_file never reaches it.'),
+        DeclareLaunchArgument(
             'namespace', default_value='',
             description='Namespace of every node and of its relative topics (one per robot).'),
     ]
@@ -76,6 +95,8 @@ def generate_launch_description():
             'scene': LaunchConfiguration('scene'),
             'namespace': LaunchConfiguration('namespace'),
             'use_sim_time': LaunchConfiguration('use_sim'),
+            # the simulator's own file: the stack's params_file must not configure it
+            'sim_params_file': LaunchConfiguration('sim_params_file'),
         }.items(),
     )
     return LaunchDescription(arguments + [sim] + [ami_node(name, share) for name in NODES])

@@ -5,7 +5,10 @@
 It speaks the topics Gazebo + gz_ros2_control + ros_gz_bridge would (camera, joint_states,
 joint_trajectory_controller and forward_position_controller inputs, /clock), so the rest of the
 stack runs unchanged against it, Gazebo or hardware. The launch arguments override the
-``params_file`` values.
+``sim_params_file`` values (default ``config/sim.yaml``). The argument is not called
+``params_file`` on purpose: ``ami_bringup.launch.py`` includes this file, an included launch file
+sees the launch configurations of the one that includes it, and the stack's ``params_file`` must
+not configure the simulator.
 """
 import os
 
@@ -24,8 +27,9 @@ def generate_launch_description():
             'scene', default_value='arm_reach', choices=['arm_reach', 'pusht'],
             description='Built-in scene: arm_reach (MuJoCo 4-joint arm) or pusht (Push-T gantry).'),
         DeclareLaunchArgument(
-            'params_file', default_value=os.path.join(share, 'config', 'sim.yaml'),
-            description='YAML with the sim node parameters (rates, seed, frame ids).'),
+            'sim_params_file', default_value=os.path.join(share, 'config', 'sim.yaml'),
+            description='YAML with the sim node parameters (rates, seed, frame ids); the '
+                        'arguments below override it.'),
         DeclareLaunchArgument(
             'namespace', default_value='',
             description='Namespace for the node and its relative topics (one per robot).'),
@@ -45,7 +49,7 @@ def generate_launch_description():
         output='screen',
         emulate_tty=True,
         parameters=[
-            LaunchConfiguration('params_file'),
+            LaunchConfiguration('sim_params_file'),
             {
                 'scene': LaunchConfiguration('scene'),
                 'image_size': ParameterValue(LaunchConfiguration('image_size'), value_type=int),

@@ -1,8 +1,10 @@
-"""Bring-up: launch file, parameter files, ``ami-ros bringup``, stack and sim as two processes.
+"""Bring-up: launch files, install layout, parameter files, ``ami-ros bringup``, stack and sim.
 
-The launch file is checked statically (launch/launch_ros are not installable here), the
-parameter files against the nodes' configs, and one short run of the stack (``ami-ros
-bringup``) with the simulator in another process shows commands reaching the sim.
+The launch files are checked statically everywhere, and resolved with the real ``launch`` /
+``launch_ros`` (``launch_probe.py``: every substitution performed, no process started) where
+those import: a ROS 2 install, or their sources named by ``AMI_ROS_LAUNCH_SRC`` (they are not on
+PyPI). The parameter files are checked against the nodes' configs, and one short run of the
+stack (``ami-ros bringup``) with the simulator in another process shows commands reaching the sim.
 """
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ import ast
 import dataclasses
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 import time
 import typing
 from pathlib import Path
@@ -23,11 +28,12 @@ from ami_ros.sim import SCENES
 from conftest import REPO, console_scripts, node_command
 
 LAUNCH = REPO / 'launch' / 'ami_bringup.launch.py'
+SIM_LAUNCH = REPO / 'launch' / 'sim.launch.py'
 NODES = ('perception', 'world_model', 'planner')
 
 
-def _tree():
-    return ast.parse(LAUNCH.read_text(), filename=str(LAUNCH))
+def _tree(path: Path = LAUNCH):
+    return ast.parse(path.read_text(), filename=str(path))
 
 
 def _calls(tree, name: str) -> list[ast.Call]:
@@ -41,15 +47,22 @@ def _kw(call: ast.Call) -> dict:
     return {k.arg: k.value for k in call.keywords}
 
 
-def test_launch_arguments_are_declared_and_described():
+def _declared(path: Path) -> dict[str, tuple[str, dict]]:
+    """{argument: (description, keywords)} of the DeclareLaunchArgument calls of ``path``."""
     declared = {}
-    for call in _calls(_tree(), 'DeclareLaunchArgument'):
+    for call in _calls(_tree(path), 'DeclareLaunchArgument'):
         kw = _kw(call)
         desc = kw['description']
         text = desc.value if isinstance(desc, ast.Constant) else ''.join(
             v.value for v in ast.walk(desc) if isinstance(v, ast.Constant))
         declared[call.args[0].value] = (text, kw)
-    assert set(declared) == {'scene', 'backend', 'params_file', 'use_sim', 'namespace'}
+    return declared
+
+
+def test_launch_arguments_are_declared_and_described():
+    declared = _declared(LAUNCH)
+    assert set(declared) == {'scene', 'backend', 'params_file', 'sim_params_file', 'use_sim',
+                             'namespace'}
     for name, (text, _) in declared.items():
         assert len(text) > 20, f'argument {name!r} needs a real description'
     scenes = ast.literal_eval(declared['scene'][1]['choices'])
@@ -73,29 +86,175 @@ def test_launch_nodes_are_installed_executables_built_by_one_helper():
     assert node['package'].value == 'ami_ros' and node['executable'].id == 'executable'
     params = [ast.unparse(p) for p in node['parameters'].elts]
     assert params[0] == "LaunchConfiguration('params_file')", 'the params file comes first'
-    assert "'.yaml'" in params[1] and "'config'" in params[1], 'then config/<scene>.yaml'
+    assert params[1] == 'scene_params_file(share)', 'then config/<scene>.yaml'
+    scene_file = ast.unparse(next(f for f in tree.body if isinstance(f, ast.FunctionDef)
+                                  and f.name == 'scene_params_file'))
+    assert "'config'" in scene_file and "'.yaml'" in scene_file
     assert all(k in params[2] for k in ("'scene'", "'backend'", "'use_sim_time'"))
 
 
-def test_launch_includes_the_sim_when_use_sim():
+@pytest.mark.parametrize('path', [LAUNCH, SIM_LAUNCH], ids=lambda p: p.name)
+def test_launch_substitutions_work_on_jazzy_too(path):
+    """No nested list inside PathJoinSubstitution: Kilted's launch accepts one, Jazzy's raises.
+
+    ``TypeError: Failed to normalize given item of type '<class 'list'>'``
+    """
+    for call in _calls(_tree(path), 'PathJoinSubstitution'):
+        for part in getattr(call.args[0], 'elts', ()):
+            assert not isinstance(part, (ast.List, ast.Tuple)), \
+                f'{path.name}: {ast.unparse(call)} needs Kilted; concatenate another way'
+
+
+def test_launch_includes_the_sim_when_use_sim_with_its_own_params():
     include = _calls(_tree(), 'IncludeLaunchDescription')
     assert len(include) == 1
     source = ast.unparse(include[0])
     assert "'sim.launch.py'" in source and "IfCondition(LaunchConfiguration('use_sim'))" in source
-    assert (REPO / 'launch' / 'sim.launch.py').is_file()
-    for arg in ('scene', 'namespace', 'use_sim_time'):
+    assert SIM_LAUNCH.is_file()
+    for arg in ('scene', 'namespace', 'use_sim_time', 'sim_params_file'):
         assert f"'{arg}'" in source
+    # An included launch file sees the launch configurations of the one that includes it: the
+    # simulator's file argument must not be called params_file, or the stack's file reaches it.
+    assert "'params_file'" not in source
+    sim_args = _declared(SIM_LAUNCH)
+    assert 'params_file' not in sim_args and 'sim_params_file' in sim_args
+    defaults = {ast.unparse(_declared(path)['sim_params_file'][1]['default_value'])
+                for path in (LAUNCH, SIM_LAUNCH)}
+    assert defaults == {"os.path.join(share, 'config', 'sim.yaml')"}
 
 
-@pytest.mark.skipif(importlib.util.find_spec('launch_ros') is None,
-                    reason='launch/launch_ros are not on PyPI and not installed here; the launch '
-                           'file is checked statically above')
-def test_launch_file_imports_and_describes():
-    spec = importlib.util.spec_from_file_location('ami_bringup_launch', LAUNCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    description = module.generate_launch_description()
-    assert len(description.entities) == 5 + 1 + 3
+# ------------------------------------------------------------------------------------------------
+# the install layout ros2 launch reads (scripts/setup_venv.sh, colcon build)
+
+
+def _installed_prefix() -> Path | None:
+    """The prefix ami_ros is installed in (ament index), or None when it is not installed."""
+    try:
+        from ament_index_python.packages import get_package_prefix
+        return Path(get_package_prefix('ami_ros'))
+    except (ImportError, LookupError, ValueError):
+        return None
+
+
+def test_install_prefix_is_laid_out_for_ros2_launch():
+    """What launch_ros and ros2launch look up: <prefix>/lib/ami_ros/<exe>, share/ami_ros files.
+
+    launch_ros resolves ``Node(package, executable)`` in ``<prefix>/lib/<package>``; ros2launch
+    finds ``ros2 launch <package> <file>`` with ``os.walk`` over the share folder, which does not
+    enter symlinked folders.
+    """
+    prefix = _installed_prefix()
+    if prefix is None:
+        pytest.skip('ami_ros is not installed (no ament index entry): make setup installs it')
+    for exe in console_scripts():
+        path = prefix / 'lib' / 'ami_ros' / exe
+        assert path.is_file() and os.access(path, os.X_OK), f'{path}: not an executable'
+    share = prefix / 'share' / 'ami_ros'
+    walked = {os.path.relpath(os.path.join(root, f), share)
+              for root, _, files in os.walk(share) for f in files}
+    wanted = {'package.xml', *(str(f.relative_to(REPO)) for f in REPO.glob('launch/*.py'))}
+    wanted |= {str(f.relative_to(REPO)) for d in ('config', 'urdf', 'models')
+               for f in (REPO / d).rglob('*') if f.is_file() and '__pycache__' not in f.parts}
+    assert wanted <= walked, f'not found by os.walk under {share}: {sorted(wanted - walked)}'
+
+
+# ------------------------------------------------------------------------------------------------
+# the launch files resolved by the real launch / launch_ros
+
+
+def _launch_pythonpath() -> str | None:
+    """PYTHONPATH under which launch and launch_ros import; None when they do not.
+
+    ``AMI_ROS_LAUNCH_SRC``: folders (``os.pathsep``-separated) that go on PYTHONPATH together
+    with every package folder (one holding a package.xml) one or two levels below them, e.g. a
+    checkout of ros2/launch and one of ros2/launch_ros, plus a folder with their PyPI
+    dependencies (osrf-pycommon, lark).
+    """
+    current = os.environ.get('PYTHONPATH', '')
+    if importlib.util.find_spec('launch_ros') is not None:
+        return current
+    sources = [Path(p) for p in os.environ.get('AMI_ROS_LAUNCH_SRC', '').split(os.pathsep) if p]
+    if not sources:
+        return None
+    paths = []
+    for src in sources:
+        paths.append(src)
+        found = [*src.glob('*/package.xml'), *src.glob('*/*/package.xml')]
+        paths += sorted(f.parent for f in found)
+    return os.pathsep.join([*map(str, paths), *filter(None, [current])])
+
+
+def _probe(file_name: str, *arguments: str) -> dict:
+    """launch_probe.py's result for ``ros2 launch ami_ros <file_name> <arguments>``."""
+    pythonpath = _launch_pythonpath()
+    if pythonpath is None:
+        pytest.skip('launch/launch_ros are not on PyPI and not installed here (a ROS 2 install, '
+                    'or AMI_ROS_LAUNCH_SRC naming their sources, runs this)')
+    if _installed_prefix() is None:
+        pytest.skip('ami_ros is not installed (no ament index entry): make setup installs it')
+    out = subprocess.run([sys.executable, str(REPO / 'test' / 'launch_probe.py'), file_name,
+                          *arguments], env={**os.environ, 'PYTHONPATH': pythonpath},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    print(f"launch {result['launch']}, launch_ros {result['launch_ros']}: {result['file']}")
+    return result
+
+
+def _params(cmd: list[str]) -> tuple[list[str], dict]:
+    """(names of the parameter files, merged values of launch_ros' generated file) of ``cmd``."""
+    files = [cmd[i + 1] for i, a in enumerate(cmd) if a == '--params-file']
+    generated = yaml.safe_load(Path(files[-1]).read_text())
+    values = {k: v for block in generated.values() for k, v in block['ros__parameters'].items()}
+    return [Path(f).name for f in files[:-1]], values
+
+
+def _check_executables(result: dict) -> dict[str, list[str]]:
+    """{node name: command}; each command starts with the package's lib/ami_ros executable."""
+    nodes = {n['name'].rsplit('/', 1)[-1]: n['cmd'] for n in result['nodes']}
+    for name, cmd in nodes.items():
+        exe = Path(cmd[0])
+        assert exe.name == name and exe.parent.parts[-2:] == ('lib', 'ami_ros'), cmd[0]
+        assert os.access(exe, os.X_OK), cmd[0]
+    return nodes
+
+
+def test_bringup_resolves_with_real_launch():
+    nodes = _check_executables(_probe('ami_bringup.launch.py'))
+    assert set(nodes) == set(NODES), 'no simulator without use_sim'
+    for name, cmd in nodes.items():
+        files, values = _params(cmd)
+        assert files == ['ami_ros.yaml', 'arm_reach.yaml'], (name, files)
+        assert values == {'scene': 'arm_reach', 'backend': 'torch', 'use_sim_time': False}
+        assert '__ns:=/' in cmd
+
+
+def test_bringup_with_sim_keeps_the_simulator_params_apart(tmp_path):
+    mine = tmp_path / 'my_robot.yaml'
+    mine.write_text((REPO / 'config' / 'ami_ros.yaml').read_text())
+    sim_mine = tmp_path / 'my_sim.yaml'
+    sim_mine.write_text((REPO / 'config' / 'sim.yaml').read_text())
+    nodes = _check_executables(_probe(
+        'ami_bringup.launch.py', 'use_sim:=true', 'scene:=pusht', 'namespace:=arm1',
+        f'params_file:={mine}'))
+    assert set(nodes) == {*NODES, 'sim'}
+    assert _params(nodes['sim'])[0] == ['sim.yaml'], 'the stack\'s params_file reached the sim'
+    assert _params(nodes['sim'])[1]['scene'] == 'pusht'
+    for name in NODES:
+        files, values = _params(nodes[name])
+        assert files == ['my_robot.yaml', 'pusht.yaml'] and values['use_sim_time'] is True
+    assert all('__ns:=/arm1' in cmd for cmd in nodes.values())
+    nodes = _check_executables(_probe('ami_bringup.launch.py', 'use_sim:=true',
+                                      f'sim_params_file:={sim_mine}'))
+    assert _params(nodes['sim'])[0] == ['my_sim.yaml']
+    assert _params(nodes['planner'])[0] == ['ami_ros.yaml', 'arm_reach.yaml']
+
+
+def test_sim_launch_resolves_with_real_launch():
+    nodes = _check_executables(_probe('sim.launch.py', 'image_size:=96'))
+    assert list(nodes) == ['sim']
+    files, values = _params(nodes['sim'])
+    assert files == ['sim.yaml'] and values['image_size'] == 96 and values['scene'] == 'arm_reach'
 
 
 def _config_classes():

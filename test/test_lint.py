@@ -102,4 +102,4 @@ def test_sim_launch_declares_its_arguments():
     tree = ast.parse((REPO / 'launch' / 'sim.launch.py').read_text())
     declared = {c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call)
                 and _call_name(c) == 'DeclareLaunchArgument'}
-    assert {'scene', 'params_file', 'namespace', 'use_sim_time', 'image_size'} <= declared
+    assert {'scene', 'sim_params_file', 'namespace', 'use_sim_time', 'image_size'} <= declared

@@ -329,6 +329,21 @@ def default_doc() -> Path:
     return source if source.is_file() else share_dir() / 'docs' / 'benchmarks.md'
 
 
+def is_shipped(checkpoint: Path, shipped_dir: Path) -> bool:
+    """Whether ``checkpoint`` is a model of ``shipped_dir`` (share/ami_ros/models).
+
+    Compared by the weights file too: scripts/setup_venv.sh links each share file to the source
+    tree, so ``models/arm_reach`` of the repository is the shipped model as well.
+    """
+    from ami_ros.model.checkpoint import WEIGHTS
+
+    ckpt = checkpoint.resolve()
+    if shipped_dir.resolve() in ckpt.parents:
+        return True
+    weights = shipped_dir / ckpt.name / WEIGHTS
+    return weights.is_file() and weights.resolve() == (ckpt / WEIGHTS).resolve()
+
+
 def update_doc(path: Path, table: str, command: str) -> None:
     """Replace the text between the bench markers of ``path`` by ``table``."""
     text = path.read_text()
@@ -368,9 +383,9 @@ def run(args) -> int:
                     'PATH to a checkpoint directory)')
         print(f'{prog}: error: {exc}{hint}', file=sys.stderr)
         return 2
-    shipped_dir = (share_dir() / 'models').resolve()
+    shipped_dir = share_dir() / 'models'
     ckpt = Path(model.checkpoint_path).resolve()
-    shipped = shipped_dir in ckpt.parents
+    shipped = is_shipped(ckpt, shipped_dir)
     names = args.backend or list(BACKENDS)
     backends, unavailable = {}, {}
     for name in names:
