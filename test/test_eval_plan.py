@@ -114,6 +114,30 @@ def test_eval_surprise_smoke_json(tmp_path, capsys):
     assert Path(report['plots'][0]).is_file()
 
 
+def test_blocked_joint_labels_come_from_an_unblocked_shadow_of_the_scene():
+    """The shadow steps the same commands unblocked and leaves the scene exactly as it was."""
+    pytest.importorskip('mujoco', reason='the arm_reach scene needs MuJoCo')
+    from ami_ros.evaluation.surprise_eval import _Unblocked
+    from ami_ros.sim import SceneConfig, make_scene
+
+    scene = make_scene('arm_reach', SceneConfig(image_size=16, seed=5))
+    try:
+        scene.reset(seed=5)
+        shadow = _Unblocked(scene)
+        start, q0 = scene.get_state(), scene.joint_positions.copy()
+        target = np.clip(scene.joint_positions + 0.4, scene.lower, scene.upper)
+        for _ in range(3):
+            shadow.step(target)
+        assert np.array_equal(scene.get_state(), start)
+        for _ in range(3):
+            scene.set_target(target)
+            scene.step()
+        assert np.allclose(shadow.q, scene.joint_positions, atol=1e-9)
+        assert np.abs(shadow.q - q0).max() > 0.05  # it moved
+    finally:
+        scene.close()
+
+
 def test_true_dynamics_observe_encodes_the_frames_the_simulator_renders():
     """oracle_latent's dynamics: the frames each candidate would produce, encoded in one batch."""
     from ami_ros.evaluation.oracle import TrueDynamics

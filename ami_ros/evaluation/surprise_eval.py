@@ -12,9 +12,11 @@ one anomaly at a random time after a warm-up, of one of these types:
 - ``occlusion``: a black square covers part of the camera image for ``duration`` steps.
 
 Labels per frame: *anomalous* = frames that show the anomaly (the teleport frame; occluded
-frames; frames after a blocked command differed from the held joint position by more than
-``min_block_gap``); *excluded* = frames right after an anomaly ends (``settle``) and blocked
-frames whose command did not move the joint; *normal* = all other frames after the warm-up.
+frames; blocked frames where the joint is more than ``min_block_gap`` from where it would be
+had it not been blocked: a shadow copy of the simulator runs the same commands unblocked);
+*excluded* = frames right after an anomaly ends (``settle``) and blocked frames that do not
+(yet) differ from the unblocked motion by that much (a joint blocked where it was to stay, or
+still braking from its own motion at the onset); *normal* = all other frames after the warm-up.
 AUROC (rank statistic, :func:`auroc`) of scores on anomalous vs normal frames, per type, for all
 anomalous frames and for the first frame of each anomaly (``onset``).
 """
@@ -72,8 +74,8 @@ class SurpriseEvalConfig:
     patch_fraction: float = 0.35
     """Side of the occluding black square as a fraction of the image side."""
     min_block_gap: float = 0.05
-    """A blocked frame is anomalous only if the command differed from the held joint position by
-    more than this (rad or m): a joint blocked while it was to stay put shows nothing."""
+    """A blocked frame is anomalous only if the joint is more than this (rad or m) from where it
+    would be unblocked: a joint blocked while it was to stay put shows nothing."""
     calibration_episodes: int = 3
     """Normal episodes that set the surprise scale before the evaluation."""
 
@@ -101,6 +103,24 @@ def teleport(scene: Scene, rng: np.random.Generator) -> None:
         scene.set_block_pose(float(x), float(y), float(rng.uniform(-np.pi, np.pi)))
     else:
         raise ValueError(f'no teleport anomaly for scene {scene.name!r}')
+
+
+class _Unblocked:
+    """A shadow of the scene that runs the same commands without the block (its joint positions:
+    where the arm would be had nothing held it)."""
+
+    def __init__(self, scene: Scene):
+        self.scene, self.state, self.q = scene, None, None
+
+    def step(self, target: np.ndarray) -> None:
+        """One control period of the shadow from its own state (the scene's own at the start)."""
+        real = self.scene.get_state()
+        if self.state is not None:
+            self.scene.set_state(self.state)
+        self.scene.set_target(target)
+        self.scene.step()
+        self.state, self.q = self.scene.get_state(), self.scene.joint_positions.copy()
+        self.scene.set_state(real)
 
 
 class _Driver:
@@ -139,7 +159,7 @@ def run_episode(scene: Scene, agent: Agent, cfg: SurpriseEvalConfig, kind: str |
     agent.reset()
     drive = _Driver(scene, agent, policy, rng, goal_image)
     commanded = scene.target
-    held = None
+    held, unblocked = None, _Unblocked(scene)
     scores, errors = np.full(n, np.nan), [None] * n
     labels = np.full(n, NORMAL)
     labels[:cfg.warmup] = EXCLUDED
@@ -162,8 +182,8 @@ def run_episode(scene: Scene, agent: Agent, cfg: SurpriseEvalConfig, kind: str |
             labels[t] = ANOMALOUS
         elif kind == 'blocked_joint' and onset < t <= last:
             # the frame shows the commands up to t - 1, blocked since ``onset``
-            labels[t] = ANOMALOUS if abs(commanded[joint] - held) > cfg.min_block_gap \
-                else EXCLUDED
+            gap = abs(unblocked.q[joint] - scene.joint_positions[joint])
+            labels[t] = ANOMALOUS if gap > cfg.min_block_gap else EXCLUDED
         elif kind and last < t <= last + cfg.settle:
             labels[t] = EXCLUDED
         # next command; a blocked joint keeps its position whatever is commanded
@@ -172,6 +192,7 @@ def run_episode(scene: Scene, agent: Agent, cfg: SurpriseEvalConfig, kind: str |
         if kind == 'blocked_joint' and onset <= t < onset + cfg.duration:
             held = scene.joint_positions[joint] if held is None else held
             applied[joint] = held
+            unblocked.step(np.clip(commanded, scene.lower, scene.upper))
         scene.set_target(np.clip(applied, scene.lower, scene.upper))
         scene.step()
     return scores, errors, labels, onset
