@@ -311,7 +311,7 @@ def test_params_files_match_the_node_configs(extra):
                   'running_weight', 'smoothness_weight', 'probe_weight', 'visual_weight',
                   'ee_weight', 'joint_weight', 'command_weight', 'gain', 'history',
                   'max_advance', 'surprise_threshold', 'surprise_window', 'reset_threshold',
-                  'gate_threshold', 'gate_max_frames'}
+                  'gate_threshold', 'gate_max_frames', 'surprise_channels'}
     shared = {k for block in blocks[0].values() for k in block['ros__parameters']}
     assert not shared & agent_keys, f'ami_ros.yaml holds scene settings {shared & agent_keys}'
 

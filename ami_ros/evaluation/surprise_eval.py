@@ -106,8 +106,10 @@ def teleport(scene: Scene, rng: np.random.Generator) -> None:
 
 
 class _Unblocked:
-    """A shadow of the scene that runs the same commands without the block (its joint positions:
-    where the arm would be had nothing held it)."""
+    """A shadow of the scene that runs the same commands without the block.
+
+    Its joint positions are where the arm would be had nothing held it.
+    """
 
     def __init__(self, scene: Scene):
         self.scene, self.state, self.q = scene, None, None
