@@ -194,7 +194,7 @@ def test_scene_configs_load_into_the_agents_settings(tmp_path):
         assert cfg.planning.vector('max_delta') == pytest.approx((2.0 * cfg.belief.dt,) * dim)
     arm = load_scene_config('arm_reach')
     assert (arm.planner.planner, arm.planner.visual_weight, arm.planner.ee_weight,
-            arm.planner.command_weight, arm.world_model.gain) == ('cem', 0.0, 1.0, 1.0, 1.0)
+            arm.planner.command_weight, arm.world_model.gain) == ('cem', 0.0, 0.0, 1.0, 1.0)
     bad = tmp_path / 'bad.yaml'
     bad.write_text('/**/planner:\n  ros__parameters:\n    horizn: 5\n')
     with pytest.raises(ValueError, match=r'bad.yaml.*horizn'):
