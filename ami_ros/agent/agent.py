@@ -25,9 +25,9 @@ class Agent:
     """Perceiver + Estimator + Controller around one model (world-model duck type)."""
 
     def __init__(self, model, config: MPCConfig, device: Optional[torch.device] = None,
-                 limits: Optional[Limits] = None):
+                 limits: Optional[Limits] = None, position: bool = True):
         self.model, self.config = model, config
-        self.controller = Controller(model, config, limits, device=device)
+        self.controller = Controller(model, config, limits, device=device, position=position)
         self.device = self.controller.device
         self.perceiver = Perceiver(model, self.device)
         self.estimator = Estimator(model, config.belief, config.surprise, self.device)

@@ -8,6 +8,7 @@ from frame k to frame k+1), then advance the simulation one control period.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -125,6 +126,9 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
     # CameraInfo intrinsics: the scene's own field of view when it declares one
     fovy = scene.camera_fovy_deg or BagWriterConfig.camera_fovy_deg
     writer_cfg = BagWriterConfig(storage=cfg.storage, camera_fovy_deg=fovy)
+    if scene.control_mode == 'effort':  # ros2_control's JointGroupEffortController topic
+        writer_cfg = dataclasses.replace(writer_cfg,
+                                         command_topic='/forward_effort_controller/commands')
     cfg.out.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
     bar = tqdm(total=cfg.episodes * cfg.steps, unit='frame', desc=f'collect {cfg.scene}',

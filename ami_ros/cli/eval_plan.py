@@ -23,7 +23,7 @@ METHODS = ('world_model', 'random', 'oracle', 'oracle_latent')
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--checkpoint', required=True,
                         help='checkpoint directory, training output dir, or shipped model name')
-    parser.add_argument('--scene', choices=('arm_reach', 'pusht'), default='arm_reach',
+    parser.add_argument('--scene', choices=('arm_reach', 'pusht', 'reacher'), default='arm_reach',
                         help='built-in scene')
     parser.add_argument('--episodes', type=int, default=20, help='episodes (goals) per method')
     parser.add_argument('--planner', choices=('cem', 'mppi'), default=None,
@@ -139,7 +139,8 @@ def run(args) -> int:
 
     policies = {}
     if 'world_model' in args.methods:
-        policies['world_model'] = pe.ModelPolicy(Agent(model, mpc))
+        policies['world_model'] = pe.ModelPolicy(
+            Agent(model, mpc, position=scene.control_mode == 'position'))
     if 'random' in args.methods:
         policies['random'] = pe.RandomPolicy(mpc.planning, seed=args.seed)
     if 'oracle' in args.methods:
@@ -159,7 +160,8 @@ def run(args) -> int:
         if 'world_model' not in policies or n == p.n_samples:
             continue
         planning = dataclasses.replace(p, n_samples=n, n_elites=max(2, min(p.n_elites, n // 10)))
-        agent = Agent(model, dataclasses.replace(mpc, planning=planning))
+        agent = Agent(model, dataclasses.replace(mpc, planning=planning),
+                      position=scene.control_mode == 'position')
         _log(f'eval-plan: planning budget {n} samples x {p.iterations} iterations')
         r, _ = pe.evaluate(scene, {'world_model': pe.ModelPolicy(agent)}, args.episodes,
                            args.seed, dataclasses.replace(ecfg, oracle_episodes=0), log=_log,
@@ -191,9 +193,7 @@ def run(args) -> int:
                    'cost': {'metric': mpc.metric, 'terminal_weight': mpc.terminal_weight,
                             'running_weight': mpc.running_weight},
                    'belief_gain': mpc.belief.gain,
-                   'success': ('final end-effector distance <= eval.tolerance' if
-                               args.scene == 'arm_reach' else 'final coverage > '
-                               'eval.coverage_threshold AND DINO-WM pose criterion')},
+                   'success': _success_rule(args.scene, ecfg)},
     }
     if args.json:
         json.dump(json_clean(report), sys.stdout)
@@ -201,6 +201,14 @@ def run(args) -> int:
     else:
         _print_table(report)
     return 0
+
+
+def _success_rule(scene: str, ecfg) -> str:
+    when = 'at the end of the budget' if ecfg.success_at == 'end' else 'at any step of the budget'
+    rule = {'arm_reach': 'end-effector distance <= eval.tolerance',
+            'reacher': 'every joint within eval.joint_tolerance of the goal posture',
+            'pusht': 'coverage > eval.coverage_threshold AND DINO-WM pose criterion'}[scene]
+    return f'{rule}, {when}'
 
 
 def _budget_row(n_samples: int, iterations: int, summary: dict) -> dict:
@@ -218,7 +226,7 @@ def _print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    unit = 'm' if report['scene'] == 'arm_reach' else 'units'
+    unit = {'arm_reach': 'm', 'reacher': 'rad'}.get(report['scene'], 'units')
     table = Table(title=f"eval-plan {report['scene']}: {report['checkpoint']}")
     for col in ('method', 'episodes', 'success', 'reached', f'final error ({unit})',
                 'steps to reach', 'plan ms p50', 'plan ms p99'):

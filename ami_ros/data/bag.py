@@ -196,7 +196,7 @@ class BagWriter:
         self._write(self._joints, stamp_ns, msg, JOINT_STATE)
 
     def write_command(self, stamp_ns: int, target) -> None:
-        """Log the joint position target sent at ``stamp_ns`` (in force until the next one)."""
+        """Log the joint command sent at ``stamp_ns`` (in force until the next one)."""
         self._write(self._command, stamp_ns, self._float_array(target), FLOAT64_ARRAY)
 
     def write_ground_truth(self, stamp_ns: int, truth: dict) -> None:
@@ -263,9 +263,11 @@ class BagTopics:
     joint_states: str = '/joint_states'
     """``sensor_msgs/JointState``."""
     commands: tuple[str, ...] = ('/forward_position_controller/commands',
-                                 '/joint_trajectory_controller/joint_trajectory')
-    """Accepted command topics, first present wins: ``std_msgs/Float64MultiArray`` (positions)
-    or ``trajectory_msgs/JointTrajectory`` (the first point's positions)."""
+                                 '/joint_trajectory_controller/joint_trajectory',
+                                 '/forward_effort_controller/commands')
+    """Accepted command topics, first present wins: ``std_msgs/Float64MultiArray`` (positions,
+    or efforts on the effort controller's topic) or ``trajectory_msgs/JointTrajectory`` (the
+    first point's positions)."""
     ground_truth_namespace: str = SIM_NAMESPACE
     """Every PoseStamped / Float64MultiArray topic under this namespace is ground truth."""
 

@@ -29,10 +29,14 @@ def state_features(scene: Scene) -> np.ndarray:
     """Ground-truth features whose Euclidean distance the oracle minimises.
 
     arm_reach: end-effector position (3,), metres. pusht: pusher and block positions in env
-    units and the block angle as (cos, sin) x PUSHT_ANGLE_SCALE (6,).
+    units and the block angle as (cos, sin) x PUSHT_ANGLE_SCALE (6,). reacher: (cos, sin) of
+    each joint angle (4,): ~radians for small errors, the shoulder's turn wrapped.
     """
     if scene.name == 'arm_reach':
         return scene.ground_truth()['ee_position'].astype(np.float64)
+    if scene.name == 'reacher':
+        q = scene.joint_positions
+        return np.concatenate([np.cos(q), np.sin(q)])
     if scene.name == 'pusht':
         state = scene.get_state()
         angle = state[6]

@@ -51,6 +51,11 @@ class PlanEvalConfig:
     """Exploration steps from the start state to the goal state (DINO-WM: 25)."""
     tolerance: float = 0.05
     """arm_reach: success radius around the goal end-effector position, metres."""
+    joint_tolerance: float = 0.05
+    """reacher: success when every joint is within this many radians of the goal's."""
+    success_at: str = 'end'
+    """'end': the criterion must hold at the end of the budget (get there and stay); 'any': at
+    any step of it (the world-model benchmarks' rule on reacher and Push-T)."""
     position_threshold: float = 20.0
     """pusht (DINO-WM): largest distance of (pusher, block) positions to the goal's, env units."""
     angle_threshold: float = math.pi / 9
@@ -76,12 +81,14 @@ class PlanEvalConfig:
                 raise ValueError(f'eval.{name} must be >= 1, got {getattr(self, name)}')
         if int(self.oracle_samples) < 2:
             raise ValueError(f'eval.oracle_samples must be >= 2, got {self.oracle_samples}')
-        for name in ('tolerance', 'position_threshold', 'angle_threshold'):
+        for name in ('tolerance', 'joint_tolerance', 'position_threshold', 'angle_threshold'):
             if not 0.0 < float(getattr(self, name)) < math.inf:
                 raise ValueError(f'eval.{name} must be > 0, got {getattr(self, name)}')
         if not 0.0 < float(self.coverage_threshold) <= 1.0:
             raise ValueError(f'eval.coverage_threshold must be in (0, 1], '
                              f'got {self.coverage_threshold}')
+        if self.success_at not in ('end', 'any'):
+            raise ValueError(f"eval.success_at must be 'end' or 'any', got {self.success_at!r}")
         if self.oracle_planner not in ('cem', 'mppi'):
             raise ValueError(f"eval.oracle_planner must be 'cem' or 'mppi', "
                              f'got {self.oracle_planner!r}')
@@ -110,10 +117,17 @@ def pusht_coverage(scene: Scene, goal_state: np.ndarray) -> float:
 
 
 def judge(scene: Scene, goal: Goal, cfg: PlanEvalConfig) -> tuple[bool, float, dict]:
-    """(success now, error now, details); error in metres (arm) or env units (pusht)."""
+    """(success now, error now, details).
+
+    The error is in metres (arm_reach), radians (reacher: the largest joint error) or env units
+    (pusht).
+    """
     if scene.name == 'arm_reach':
         err = float(np.linalg.norm(scene.ground_truth()['ee_position'] - goal.ee_position))
         return err <= float(cfg.tolerance), err, {}
+    if scene.name == 'reacher':
+        err = float(scene.posture_error(goal.state[:2]).max())
+        return err <= float(cfg.joint_tolerance), err, {}
     s, g = scene.get_state(), goal.state
     pos = float(np.linalg.norm(s[[0, 1, 4, 5]] - g[[0, 1, 4, 5]]))
     ang = float(abs((s[6] - g[6] + np.pi) % (2 * np.pi) - np.pi))
@@ -225,7 +239,7 @@ class OraclePolicy:
 
     def __call__(self, image, q, stamp, executed) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
-        hold = np.clip(q, self.scene.lower, self.scene.upper)
+        hold = self.scene.hold_command()
         result = self.planner.plan(torch.as_tensor(self.scene.get_state()), self.dynamics,
                                    self.cost, current_action=torch.as_tensor(executed),
                                    hold_action=torch.as_tensor(hold))
@@ -270,6 +284,8 @@ def run_episode(scene: Scene, policy, goal: Goal, cfg: PlanEvalConfig,
     if record:
         frames.append(scene.render())
     ok, err, details = judge(scene, goal, cfg)
+    if cfg.success_at == 'any':
+        ok = first is not None
     return EpisodeResult(ok, err, initial, first, curve, plan_ms, details,
                          frames if record else None)
 

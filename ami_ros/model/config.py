@@ -504,7 +504,8 @@ class DataConfig:
     joint_states_topic: str = '/joint_states'
     """Joint state topic in the bags (``sensor_msgs/JointState``)."""
     command_topics: tuple[str, ...] = ('/forward_position_controller/commands',
-                                       '/joint_trajectory_controller/joint_trajectory')
+                                       '/joint_trajectory_controller/joint_trajectory',
+                                       '/forward_effort_controller/commands')
     """Command topics, first present wins (``Float64MultiArray`` or ``JointTrajectory``)."""
     frame_skip: int = 1
     """Use every n-th camera frame (e.g. 3 for a 30 Hz camera and a 10 Hz model)."""

@@ -9,6 +9,7 @@ from ami_ros.sim.base import CommandError, Scene, SceneConfig
 SCENES = {
     'arm_reach': 'ami_ros.sim.arm_reach:ArmReachScene',
     'pusht': 'ami_ros.sim.pusht:PushTScene',
+    'reacher': 'ami_ros.sim.reacher:ReacherScene',
 }
 
 

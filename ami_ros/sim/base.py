@@ -43,6 +43,9 @@ class Scene(abc.ABC):
     velocity_limit: np.ndarray  # (J,) from the URDF
     camera_fovy_deg: float | None = None
     """Vertical field of view of the scene's pinhole camera; None for a non-perspective view."""
+    control_mode: str = 'position'
+    """What ``set_target`` takes: 'position' (joint position targets; holding = staying where
+    the joints are) or 'effort' (normalised joint torques; holding = no torque)."""
 
     def __init__(self, config: SceneConfig):
         self.config = config
@@ -61,7 +64,7 @@ class Scene(abc.ABC):
 
     @abc.abstractmethod
     def set_target(self, target: np.ndarray) -> None:
-        """Set the joint position target held from now on; raise CommandError if unsafe."""
+        """Set the joint command (see ``control_mode``) held from now on; CommandError if unsafe."""
 
     @abc.abstractmethod
     def step(self) -> None:
@@ -101,6 +104,12 @@ class Scene(abc.ABC):
         Returns a callable ``() -> target`` (J,), called once per control step, whose targets cover
         the workspace (and, for manipulation, make contact).
         """
+
+    def hold_command(self) -> np.ndarray:
+        """The command that holds the robot: where the joints are, or no torque (effort)."""
+        if self.control_mode == 'effort':
+            return np.zeros(self.num_joints)
+        return np.clip(self.joint_positions, self.lower, self.upper)
 
     @abc.abstractmethod
     def get_state(self) -> np.ndarray:
