@@ -351,6 +351,19 @@ class SceneConfig:
     planner: PlannerNodeConfig
     eval: dict
     files: tuple[Path, ...]
+    protocols: dict = dataclasses.field(default_factory=dict)
+    """eval-plan's protocols by name: 'own' (the ``/**/eval_plan`` block), 'swm' (the
+    world-model benchmarks', ``/**/eval_plan_swm``), those the file has."""
+
+    def eval_protocol(self, name: str | None = None) -> tuple[str, dict]:
+        """(name, eval block) of a protocol; None: 'own', or the only one the scene has."""
+        if name is None:
+            name = 'own' if 'own' in self.protocols or not self.protocols else \
+                next(iter(self.protocols))
+        if name not in self.protocols and not (name == 'own' and not self.protocols):
+            raise ValueError(f'{self.files[-1]}: no {name!r} eval-plan protocol (block '
+                             f'/**/{PROTOCOL_BLOCKS[name]}); it has {sorted(self.protocols)}')
+        return name, dict(self.protocols.get(name, {}))
 
     def limits(self):
         """The safety limits of the scene's robot (position commands, URDF)."""
@@ -390,7 +403,9 @@ def _build(cls, values: dict, where: str):
         raise ValueError(f'{where}: {e}') from None
 
 
-BLOCKS = ('/**',) + tuple(f'/**/{n}' for n in NODES + ('eval_plan',))
+PROTOCOL_BLOCKS = {'own': 'eval_plan', 'swm': 'eval_plan_swm'}
+"""eval-plan's protocols and the blocks of a scene file that hold them."""
+BLOCKS = ('/**',) + tuple(f'/**/{n}' for n in NODES + tuple(PROTOCOL_BLOCKS.values()))
 """The blocks a scene file may have."""
 
 
@@ -428,6 +443,7 @@ def load_scene_config(scene: str, path: str | Path | None = None,
     if nodes['planner'].scene != scene:
         raise ValueError(f'{path} is the config of scene {nodes["planner"].scene!r}, not '
                          f'{scene!r}')
-    evaluation = dict(data.get('/**/eval_plan', {}).get('ros__parameters', {}))
+    protocols = {name: dict(data[f'/**/{block}']['ros__parameters'])
+                 for name, block in PROTOCOL_BLOCKS.items() if f'/**/{block}' in data}
     return SceneConfig(nodes['perception'], nodes['world_model'], nodes['planner'],
-                       evaluation, files)
+                       protocols.get('own', {}), files, protocols)

@@ -76,7 +76,7 @@ def test_the_oracle_reaches_goals_under_the_benchmark_protocol():
     cfg = load_scene_config('reacher')
     sc = make_scene('reacher', SceneConfig(image_size=32, seed=0))
     limits = Limits(('j0', 'j1'), sc.lower, sc.upper, sc.velocity_limit)
-    ecfg = pe.PlanEvalConfig(**cfg.eval)
+    ecfg = pe.PlanEvalConfig(**cfg.eval_protocol('swm')[1])
     assert ecfg.success_at == 'any' and ecfg.joint_tolerance == 0.05
     policies = {'oracle': pe.OraclePolicy(sc, cfg.mpc(limits), ecfg),
                 'random': pe.RandomPolicy(cfg.mpc(limits).planning, seed=0)}
@@ -98,6 +98,7 @@ def test_eval_plan_runs_the_reacher_protocol(tmp_path, capsys):
     assert rc == 0, err
     report = json.loads(out)
     assert report['config']['eval']['success_at'] == 'any'
+    assert report['config']['eval']['protocol'] == 'swm'  # the scene's only protocol
     assert 'every joint within eval.joint_tolerance' in report['config']['success']
     assert report['methods']['world_model']['plan_ms_p50'] > 0.0
 
@@ -114,3 +115,10 @@ def test_collect_logs_efforts_on_the_effort_controller_topic(tmp_path):
         topics = {c.topic: c.msgcount for c in reader.connections}
     assert topics['/forward_effort_controller/commands'] == 4
     assert '/forward_position_controller/commands' not in topics
+
+
+def test_the_sim_node_refuses_an_effort_scene_clearly():
+    from ami_ros.nodes.sim import SimNodeConfig
+
+    with pytest.raises(ValueError, match='takes joint efforts'):
+        SimNodeConfig(scene='reacher')

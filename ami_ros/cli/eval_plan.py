@@ -26,6 +26,11 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--scene', choices=('arm_reach', 'pusht', 'reacher'), default='arm_reach',
                         help='built-in scene')
     parser.add_argument('--episodes', type=int, default=20, help='episodes (goals) per method')
+    parser.add_argument('--protocol', choices=('own', 'swm'), default=None,
+                        help="goals, budget and success rule: 'own' (the scene's eval_plan "
+                             "block) or 'swm' (the world-model benchmarks' protocol, block "
+                             "eval_plan_swm: LeWM / stable-worldmodel's Reacher and Push-T); "
+                             "default: own, or the only one the scene has")
     parser.add_argument('--planner', choices=('cem', 'mppi'), default=None,
                         help='planner (default: the plan config\'s)')
     parser.add_argument('--seed', type=int, default=0, help='seed of starts and goals')
@@ -81,7 +86,9 @@ def load_closed_loop(args, budgets=()):
     limits = Limits(tuple(f'joint{i}' for i in range(scene.num_joints)), scene.lower,
                     scene.upper, np.asarray(scene.velocity_limit) * p.velocity_scale)
     mpc = cfg.mpc(limits, max_belief_age=p.stale_timeout)
-    return cfg.files[-1], mpc, cfg.eval, model, ckpt_path, scene
+    protocol, evaluation = cfg.eval_protocol(getattr(args, 'protocol', None))
+    evaluation['protocol'] = protocol
+    return cfg.files[-1], mpc, evaluation, model, ckpt_path, scene
 
 
 def load_model(args, horizon: int, batch: int):
@@ -207,7 +214,8 @@ def _success_rule(scene: str, ecfg) -> str:
     when = 'at the end of the budget' if ecfg.success_at == 'end' else 'at any step of the budget'
     rule = {'arm_reach': 'end-effector distance <= eval.tolerance',
             'reacher': 'every joint within eval.joint_tolerance of the goal posture',
-            'pusht': 'coverage > eval.coverage_threshold AND DINO-WM pose criterion'}[scene]
+            'pusht': ('coverage > eval.coverage_threshold AND DINO-WM pose criterion'
+                      if ecfg.require_coverage else 'DINO-WM pose criterion')}[scene]
     return f'{rule}, {when}'
 
 

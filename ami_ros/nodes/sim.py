@@ -46,7 +46,7 @@ from trajectory_msgs.msg import JointTrajectory
 from ami_ros.nodes.common import (ConfigParameters, RateMeter, ThrottledLog, camera_info_msg,
                                   diagnostic_status, guarded, image_to_msg, run_node, seconds,
                                   time_msg)
-from ami_ros.sim import SCENES, CommandError, Scene, SceneConfig, make_scene
+from ami_ros.sim import EFFORT_SCENES, SCENES, CommandError, Scene, SceneConfig, make_scene
 from ami_ros.sim.truth import pose_topic, signal_topic, split_truth
 
 TRAJECTORY_TOPIC = 'joint_trajectory_controller/joint_trajectory'
@@ -85,6 +85,10 @@ class SimNodeConfig:
     def __post_init__(self):
         if self.scene not in SCENES:
             raise ValueError(f'scene must be one of {sorted(SCENES)}, got {self.scene!r}')
+        if self.scene in EFFORT_SCENES:
+            raise ValueError(f'scene {self.scene!r} takes joint efforts; the sim node serves '
+                             f'position-controlled scenes only (use it with ami-ros collect '
+                             f'and eval-plan)')
         self.scene_config()  # image_size and control_hz are judged by the core's SceneConfig
         if not 0.0 < float(self.render_hz) <= float(self.control_hz):
             raise ValueError(f'render_hz must be in (0, control_hz={self.control_hz}], '
@@ -135,7 +139,8 @@ class SimNode(Node):
     def __init__(self, **kwargs):
         super().__init__('sim', **kwargs)
         self.params = ConfigParameters(
-            self, SimNodeConfig, choices={'scene': tuple(SCENES)},
+            self, SimNodeConfig,
+            choices={'scene': tuple(s for s in SCENES if s not in EFFORT_SCENES)},
             ranges={'image_size': (16, 1024), 'control_hz': (0.5, 1000.0),
                     'render_hz': (0.01, 1000.0), 'camera_fovy_deg': (1.0, 179.0),
                     'diagnostics_hz': (0.1, 100.0)},

@@ -11,6 +11,8 @@ SCENES = {
     'pusht': 'ami_ros.sim.pusht:PushTScene',
     'reacher': 'ami_ros.sim.reacher:ReacherScene',
 }
+EFFORT_SCENES = ('reacher',)
+"""Scenes whose commands are joint efforts (the others take joint positions)."""
 
 
 def make_scene(name: str, config: SceneConfig | None = None) -> Scene:
@@ -24,4 +26,4 @@ def make_scene(name: str, config: SceneConfig | None = None) -> Scene:
     return getattr(importlib.import_module(module), cls)(config or SceneConfig())
 
 
-__all__ = ['CommandError', 'Scene', 'SceneConfig', 'SCENES', 'make_scene']
+__all__ = ['CommandError', 'EFFORT_SCENES', 'Scene', 'SceneConfig', 'SCENES', 'make_scene']
