@@ -183,3 +183,18 @@ def test_eval_plan_oracle_latent_smoke(tmp_path, capsys):
     assert len(m['success_vs_step']) == 2 and m['final_error'] >= 0.0 and m['plan_ms_p50'] > 0
     # --oracle-episodes limits the policies that step the simulator, not the others
     assert m['episodes'] == 1 and methods['random']['episodes'] == 2
+
+
+def test_protocols_come_from_the_scene_file():
+    from ami_ros.config import load_scene_config
+    from ami_ros.evaluation import plan_eval as pe
+
+    arm = load_scene_config('arm_reach')
+    assert arm.eval_protocol()[0] == 'own'
+    with pytest.raises(ValueError, match=r"no 'swm' eval-plan protocol.*eval_plan_swm"):
+        arm.eval_protocol('swm')
+    name, block = load_scene_config('pusht').eval_protocol('swm')
+    cfg = pe.PlanEvalConfig(**block)
+    assert name == 'swm' and cfg.success_at == 'any' and not cfg.require_coverage
+    assert (cfg.goal_steps, cfg.steps) == (25, 50)
+    assert load_scene_config('reacher').eval_protocol()[0] == 'swm'  # its only one
