@@ -21,8 +21,9 @@ METHODS = ('world_model', 'random', 'oracle', 'oracle_latent')
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--checkpoint', required=True,
-                        help='checkpoint directory, training output dir, or shipped model name')
+    parser.add_argument('--checkpoint', default=None,
+                        help='checkpoint directory, training output dir, or shipped model name '
+                             '(not needed when --methods are only random and oracle)')
     parser.add_argument('--scene', choices=('arm_reach', 'pusht', 'reacher'), default='arm_reach',
                         help='built-in scene')
     parser.add_argument('--episodes', type=int, default=20, help='episodes (goals) per method')
@@ -78,9 +79,12 @@ def load_closed_loop(args, budgets=()):
 
     cfg = load_scene_config(args.scene, args.config)
     p = cfg.planner
-    model, image_size, ckpt_path = load_model(args, p.horizon, max([p.samples, *budgets]))
+    if args.checkpoint is None:  # model-free methods only (random, oracle): the scene's own size
+        model, image_size, ckpt_path = None, SceneConfig.image_size, None
+    else:
+        model, image_size, ckpt_path = load_model(args, p.horizon, max([p.samples, *budgets]))
     scene = make_scene(args.scene, SceneConfig(image_size=image_size, seed=args.seed))
-    if scene.num_joints != model.action_dim:
+    if model is not None and scene.num_joints != model.action_dim:
         raise ValueError(f'scene {args.scene} has {scene.num_joints} joints, the model '
                          f'{model.action_dim} action dimensions')
     limits = Limits(tuple(f'joint{i}' for i in range(scene.num_joints)), scene.lower,
@@ -128,6 +132,10 @@ def run(args) -> int:
         if args.episodes < 1 or args.threads < 1:
             raise ValueError(f'--episodes and --threads must be >= 1, got {args.episodes} and '
                              f'{args.threads}')
+        needs_model = sorted(set(args.methods) - {'random', 'oracle'})
+        if args.checkpoint is None and needs_model:
+            raise ValueError(f'--checkpoint is needed for {needs_model} (only random and '
+                             'oracle run without a model)')
         if args.budget and min(args.budget) < 2:
             raise ValueError(f'--budget values must be >= 2 samples, got {args.budget}')
         cfg_file, mpc, eval_block, model, ckpt_path, scene = load_closed_loop(
