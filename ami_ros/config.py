@@ -24,7 +24,7 @@ import yaml
 from ami_ros.control.config import MPCConfig
 from ami_ros.estimation import BeliefConfig, SurpriseConfig
 from ami_ros.planning import PlannerConfig
-from ami_ros.sim import SCENES
+from ami_ros.sim import ARM_SCENES, SCENES
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 TWIST_FIELDS = ('linear.x', 'linear.y', 'linear.z', 'angular.x', 'angular.y', 'angular.z')
@@ -64,9 +64,14 @@ class ModelNodeConfig:
 
     scene: str = _p('arm_reach', choices=tuple(SCENES))
     """Scene (robot) the stack runs for: picks the default model and URDF."""
+    robot: str = _p('', read_only=True)
+    """Robot config (a YAML path, or the name of one in share/ami_ros/config/robots) of an arm:
+    its URDF and end-effector link stand in for empty urdf and tip_link, its name for an empty
+    model. Empty = the scene's own robot (config/robots/<scene>.yaml where there is one)."""
     model: str = ''
     """World-model checkpoint: a directory, or the name of a shipped model under
-    share/ami_ros/models; empty = the model shipped for ``scene``. Applied on configure."""
+    share/ami_ros/models; empty = the model shipped for ``scene`` (or named as the robot).
+    Applied on configure."""
     backend: str = _p('torch', choices=BACKENDS)
     """Inference backend: torch, onnxruntime or tensorrt. Applied on configure."""
     device: str = 'auto'
@@ -89,10 +94,37 @@ class ModelNodeConfig:
         bad = [b for b in self.backend_fallback if b not in BACKENDS]
         if bad:
             raise ValueError(f'backend_fallback {bad} are not backends {list(BACKENDS)}')
+        if self.robot:
+            check_robot_scene(self.scene)
+            self.robot_config()  # a bad robot or URDF fails here, naming the fix
 
     @property
     def model_name(self) -> str:
-        return self.model or self.scene
+        return self.model or (self.robot_config().name if self.robot else self.scene)
+
+    def robot_config(self):
+        """The :class:`~ami_ros.robot_config.RobotConfig` in force, or None (no arm config)."""
+        from ami_ros.robot_config import default_robot, load_robot
+
+        robot = self.robot or default_robot(self.scene)
+        return None if robot is None else load_robot(robot)
+
+
+def check_robot_scene(scene: str) -> None:
+    """Robot configs describe arms: only the arm scene takes one."""
+    if scene not in ARM_SCENES:
+        raise ValueError(f'a robot config drives the arm scene {list(ARM_SCENES)}, not scene '
+                         f'{scene!r}')
+
+
+def robot_urdf(config) -> str:
+    """The URDF of a node config: its ``urdf``, the robot config's, or the scene's."""
+    from ami_ros.paths import urdf_path
+
+    if config.urdf:
+        return config.urdf
+    robot = config.robot_config()
+    return str(robot.urdf if robot is not None else urdf_path(config.scene))
 
 
 @dataclass
@@ -133,7 +165,7 @@ class WorldModelNodeConfig(ModelNodeConfig):
     joint_names: tuple[str, ...] = _p((), read_only=True)
     """Joints of the action vector, in the model's order; empty = the URDF's actuated joints."""
     urdf: str = _p('', read_only=True)
-    """URDF for the joint names and limits; empty = the scene's URDF."""
+    """URDF for the joint names and limits; empty = the robot config's, or the scene's URDF."""
     twist_fields: tuple[str, ...] = ('linear.x', 'angular.z')
     """Fields of a cmd_vel Twist that form the action vector (mobile bases)."""
     world_frame_id: str = 'world'
@@ -234,7 +266,7 @@ class PlannerNodeConfig(ModelNodeConfig):
     joint_names: tuple[str, ...] = ()
     """Joints of the action vector in the model's order; empty = the URDF's actuated joints."""
     urdf: str = ''
-    """URDF with the joint limits; empty = the scene's URDF."""
+    """URDF with the joint limits; empty = the robot config's, or the scene's URDF."""
     velocity_scale: float = _p(1.0, 0.01, 1.0)
     """Commands move at most this fraction of the URDF velocity limits."""
     position_margin: float = _p(0.0, 0.0, 10.0)
@@ -263,7 +295,8 @@ class PlannerNodeConfig(ModelNodeConfig):
     workspace_min_z: float = _p(0.0, -100.0, 100.0)
     """Tip positions below this height (m) count as unreachable (the floor)."""
     tip_link: str = ''
-    """Link the workspace is computed for; empty = the URDF chain's last link."""
+    """Link the workspace is computed for; empty = the robot config's end effector, or the URDF
+    chain's last link."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -302,35 +335,38 @@ class PlannerNodeConfig(ModelNodeConfig):
 
     def limits(self, joint_names=()):
         """The safety layer's limits: the URDF's (position commands) or the Twist ones."""
-        from ami_ros.paths import urdf_path
         from ami_ros.safety import Limits
 
         if self.output == 'twist':
             return Limits.symmetric(self.twist_fields, self.twist_max, self.twist_accel)
-        return Limits.from_urdf(self.urdf or str(urdf_path(self.scene)), joint_names,
-                                self.velocity_scale, self.position_margin)
+        return Limits.from_urdf(robot_urdf(self), joint_names, self.velocity_scale,
+                                self.position_margin)
 
     def workspace(self):
         """The reachable workspace goal poses are checked against, or None (no check)."""
-        from ami_ros.paths import urdf_path
         from ami_ros.robot import Workspace
 
         if self.output == 'twist' or not self.workspace_check:
             return None
-        return Workspace.from_urdf(self.urdf or str(urdf_path(self.scene)), self.tip_link,
-                                   axes=self.workspace_axes, tolerance=self.workspace_tolerance,
+        robot = self.robot_config()
+        tip = self.tip_link or (robot.end_effector if robot is not None else '')
+        return Workspace.from_urdf(robot_urdf(self), tip, axes=self.workspace_axes,
+                                   tolerance=self.workspace_tolerance,
                                    min_z=self.workspace_min_z)
 
 
 def joint_names_for(config) -> tuple[str, ...]:
-    """The configured joint names, or the actuated joints of the (scene's) URDF."""
-    from ami_ros.paths import urdf_path
+    """The configured joint names, or the robot's (its config's order), or the URDF's actuated."""
+    from ami_ros.robot_config import chain_joints
     from ami_ros.safety import Limits, UrdfError
 
     if config.joint_names:
         return tuple(config.joint_names)
+    robot = config.robot_config()
+    if robot is not None and not config.urdf:
+        return chain_joints(robot)
     try:
-        return Limits.from_urdf(config.urdf or str(urdf_path(config.scene))).names
+        return Limits.from_urdf(robot_urdf(config)).names
     except UrdfError as e:
         raise ValueError(f'cannot get the joint names: {e}') from None
 
@@ -410,12 +446,13 @@ BLOCKS = ('/**',) + tuple(f'/**/{n}' for n in NODES + tuple(PROTOCOL_BLOCKS.valu
 
 
 def load_scene_config(scene: str, path: str | Path | None = None,
-                      overrides: dict | None = None) -> SceneConfig:
-    """Return the stack's config for ``scene``.
+                      overrides: dict | None = None, robot: str | Path | None = None
+                      ) -> SceneConfig:
+    """Return the stack's config for ``scene`` (and ``robot``, a robot config, for arms).
 
-    config/ami_ros.yaml, then ``path`` (default config/<scene>.yaml), then ``overrides``
-    {node: {param: value}}. ValueError naming the file for an unknown block or parameter, a bad
-    value, or a file of another scene.
+    config/ami_ros.yaml, then ``path`` (default config/<scene>.yaml), then ``robot``, then
+    ``overrides`` {node: {param: value}}. ValueError naming the file for an unknown block or
+    parameter, a bad value, or a file of another scene.
     """
     from ami_ros.paths import config_path
 
@@ -435,6 +472,8 @@ def load_scene_config(scene: str, path: str | Path | None = None,
             if not isinstance(params, dict):
                 raise ValueError(f'{f}: block {key!r} needs a ros__parameters mapping')
             data.setdefault(key, {'ros__parameters': {}})['ros__parameters'].update(params)
+    if robot:
+        data['/**']['ros__parameters']['robot'] = str(robot)
     nodes = {}
     for name, cls in NODE_CONFIGS.items():
         values = _node_values(data, name, str(path))

@@ -92,11 +92,12 @@ def place_at_rest(scene: Scene, q) -> None:
 class GoalMaker:
     """Goals by eval-plan's generator from the robot's current joint positions (a twin scene)."""
 
-    def __init__(self, config: DemoConfig, image_size: int, control_hz: float = 10.0):
+    def __init__(self, config: DemoConfig, image_size: int, control_hz: float = 10.0,
+                 robot=None):
         self.config = config
         self.scene = ArmReachScene(SceneConfig(image_size=int(image_size),
                                                control_hz=float(control_hz),
-                                               seed=int(config.seed)))
+                                               seed=int(config.seed)), robot=robot)
         self.control_hz = float(control_hz)
         self.rng = np.random.default_rng(int(config.seed))
         self.eval = PlanEvalConfig(goal_steps=int(config.goal_steps),

@@ -2,9 +2,14 @@
 
     ros2 launch ami_ros ami_bringup.launch.py scene:=arm_reach use_sim:=true
     ros2 launch ami_ros ami_bringup.launch.py params_file:=/path/to/my_robot.yaml namespace:=arm1
+    ros2 launch ami_ros ami_bringup.launch.py robot:=/path/to/robots/my_arm.yaml use_sim:=true
 
 Each node reads ``params_file`` (one block per node, default ``config/ami_ros.yaml``), then the
-scene's overrides ``config/<scene>.yaml``, then the launch arguments. With ``use_sim:=true`` the
+scene's overrides ``config/<scene>.yaml``, then the launch arguments. ``robot`` (a robot config,
+``config/robots/<name>.yaml`` or a path) gives the world_model and planner nodes the arm's URDF
+(joint names, safety limits, kinematics) and end-effector link, and the simulator the arm; its
+name is the default model (share/ami_ros/models/<name>; or ``model`` in ``params_file``). The
+argument wins over a ``robot`` in ``params_file``. With ``use_sim:=true`` the
 built-in simulator (``sim.launch.py``) starts too, configured by its own ``sim_params_file``
 (default ``config/sim.yaml``; ``params_file`` never reaches it), and every node runs on its
 ``/clock``; without it the nodes talk to whatever publishes ``camera/image_raw`` and
@@ -54,6 +59,7 @@ def ami_node(executable, share):
             scene_params_file(share),
             {
                 'scene': LaunchConfiguration('scene'),
+                'robot': ParameterValue(LaunchConfiguration('robot'), value_type=str),
                 'backend': LaunchConfiguration('backend'),
                 'use_sim_time': ParameterValue(LaunchConfiguration('use_sim'), value_type=bool),
             },
@@ -68,6 +74,11 @@ def generate_launch_description():
             'scene', default_value='arm_reach', choices=['arm_reach', 'pusht'],
             description='Robot/scene: picks the shipped model, the URDF (joint limits, '
                         'workspace) and config/<scene>.yaml overrides.'),
+        DeclareLaunchArgument(
+            'robot', default_value='',
+            description='Robot config of an arm (YAML: URDF, end effector, joints, camera; a '
+                        'path, or a name in config/robots such as boom5): the nodes take its '
+                        'URDF and end effector, the simulator its arm. Empty: the scene\'s own.'),
         DeclareLaunchArgument(
             'backend', default_value='torch', choices=['torch', 'onnxruntime', 'tensorrt'],
             description='Inference backend of the world model: torch (CPU or CUDA), '
@@ -93,6 +104,7 @@ def generate_launch_description():
         condition=IfCondition(LaunchConfiguration('use_sim')),
         launch_arguments={
             'scene': LaunchConfiguration('scene'),
+            'robot': LaunchConfiguration('robot'),
             'namespace': LaunchConfiguration('namespace'),
             'use_sim_time': LaunchConfiguration('use_sim'),
             # the simulator's own file: the stack's params_file must not configure it

@@ -1,6 +1,7 @@
 """Start the built-in simulator node ``sim`` of ami_ros.
 
     ros2 launch ami_ros sim.launch.py scene:=pusht image_size:=96 namespace:=robot1
+    ros2 launch ami_ros sim.launch.py robot:=/path/to/robots/my_arm.yaml
 
 It speaks the topics Gazebo + gz_ros2_control + ros_gz_bridge would (camera, joint_states,
 joint_trajectory_controller and forward_position_controller inputs, /clock), so the rest of the
@@ -27,6 +28,11 @@ def generate_launch_description():
             'scene', default_value='arm_reach', choices=['arm_reach', 'pusht'],
             description='Built-in scene: arm_reach (MuJoCo 4-joint arm) or pusht (Push-T gantry).'),
         DeclareLaunchArgument(
+            'robot', default_value='',
+            description='Robot config of the arm scene (YAML: URDF, end effector, camera; a '
+                        'path, or a name in config/robots such as boom5); empty: the scene\'s '
+                        'own arm.'),
+        DeclareLaunchArgument(
             'sim_params_file', default_value=os.path.join(share, 'config', 'sim.yaml'),
             description='YAML with the sim node parameters (rates, seed, frame ids); the '
                         'arguments below override it.'),
@@ -52,6 +58,7 @@ def generate_launch_description():
             LaunchConfiguration('sim_params_file'),
             {
                 'scene': LaunchConfiguration('scene'),
+                'robot': ParameterValue(LaunchConfiguration('robot'), value_type=str),
                 'image_size': ParameterValue(LaunchConfiguration('image_size'), value_type=int),
                 'use_sim_time': ParameterValue(LaunchConfiguration('use_sim_time'),
                                                value_type=bool),

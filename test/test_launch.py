@@ -61,8 +61,10 @@ def _declared(path: Path) -> dict[str, tuple[str, dict]]:
 
 def test_launch_arguments_are_declared_and_described():
     declared = _declared(LAUNCH)
-    assert set(declared) == {'scene', 'backend', 'params_file', 'sim_params_file', 'use_sim',
-                             'namespace'}
+    assert set(declared) == {'scene', 'robot', 'backend', 'params_file', 'sim_params_file',
+                             'use_sim', 'namespace'}
+    assert set(_declared(SIM_LAUNCH)) == {'scene', 'robot', 'sim_params_file', 'namespace',
+                                          'use_sim_time', 'image_size'}
     for name, (text, _) in declared.items():
         assert len(text) > 20, f'argument {name!r} needs a real description'
     scenes = ast.literal_eval(declared['scene'][1]['choices'])
@@ -92,7 +94,7 @@ def test_launch_nodes_are_installed_executables_built_by_one_helper():
     scene_file = ast.unparse(next(f for f in tree.body if isinstance(f, ast.FunctionDef)
                                   and f.name == 'scene_params_file'))
     assert "'config'" in scene_file and "'.yaml'" in scene_file
-    assert all(k in params[2] for k in ("'scene'", "'backend'", "'use_sim_time'"))
+    assert all(k in params[2] for k in ("'scene'", "'robot'", "'backend'", "'use_sim_time'"))
 
 
 @pytest.mark.parametrize('path', [LAUNCH, SIM_LAUNCH], ids=lambda p: p.name)
@@ -113,7 +115,7 @@ def test_launch_includes_the_sim_when_use_sim_with_its_own_params():
     source = ast.unparse(include[0])
     assert "'sim.launch.py'" in source and "IfCondition(LaunchConfiguration('use_sim'))" in source
     assert SIM_LAUNCH.is_file()
-    for arg in ('scene', 'namespace', 'use_sim_time', 'sim_params_file'):
+    for arg in ('scene', 'robot', 'namespace', 'use_sim_time', 'sim_params_file'):
         assert f"'{arg}'" in source
     # An included launch file sees the launch configurations of the one that includes it: the
     # simulator's file argument must not be called params_file, or the stack's file reaches it.
@@ -227,7 +229,8 @@ def test_bringup_resolves_with_real_launch():
     for name, cmd in nodes.items():
         files, values = _params(cmd)
         assert files == ['ami_ros.yaml', 'arm_reach.yaml'], (name, files)
-        assert values == {'scene': 'arm_reach', 'backend': 'torch', 'use_sim_time': False}
+        assert values == {'scene': 'arm_reach', 'robot': '', 'backend': 'torch',
+                          'use_sim_time': False}
         assert '__ns:=/' in cmd
 
 
@@ -257,6 +260,12 @@ def test_sim_launch_resolves_with_real_launch():
     assert list(nodes) == ['sim']
     files, values = _params(nodes['sim'])
     assert files == ['sim.yaml'] and values['image_size'] == 96 and values['scene'] == 'arm_reach'
+    assert values['robot'] == ''
+    robot = REPO / 'config' / 'robots' / 'boom5.yaml'
+    nodes = _check_executables(_probe('ami_bringup.launch.py', 'use_sim:=true',
+                                      f'robot:={robot}'))
+    assert {name: _params(cmd)[1]['robot'] for name, cmd in nodes.items()} == \
+        {name: str(robot) for name in (*NODES, 'sim')}
 
 
 def _config_classes():
@@ -340,6 +349,15 @@ def test_bringup_arguments_order_files_then_overrides(tmp_path):
     assert bringup.node_overrides(_args('--scene', 'pusht', '--with-sim')) == {
         'scene': 'pusht', 'use_sim_time': True}
     assert bringup.node_overrides(_args()) == {'scene': 'arm_reach'}
+    robot = REPO / 'config' / 'robots' / 'boom5.yaml'
+    from ami_ros.paths import config_path
+    assert bringup.node_overrides(_args('--robot', 'boom5')) == {
+        'scene': 'arm_reach', 'robot': str(config_path('robots/boom5.yaml'))}, 'by its name'
+    assert bringup.node_overrides(_args('--robot', str(robot)))['robot'] == str(robot)
+    with pytest.raises(ValueError, match='not --scene pusht'):
+        bringup.node_overrides(_args('--robot', str(robot), '--scene', 'pusht'))
+    with pytest.raises(ValueError, match='robot config not found'):
+        bringup.node_overrides(_args('--robot', str(tmp_path / 'none.yaml')))
     assert out[out.index('-r') + 1] == '__ns:=/robot1'
     assert out[-2:] == ['-p', 'planner:samples:=64'], 'user arguments come last (they win)'
     with pytest.raises(ValueError, match='not found'):

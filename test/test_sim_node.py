@@ -393,7 +393,8 @@ def test_launch_file_builds_a_sim_node():
     spec.loader.exec_module(module)
     entities = module.generate_launch_description().entities
     args = {e.name: e for e in entities if isinstance(e, DeclareLaunchArgument)}
-    assert set(args) == {'scene', 'sim_params_file', 'namespace', 'use_sim_time', 'image_size'}
+    assert set(args) == {'scene', 'robot', 'sim_params_file', 'namespace', 'use_sim_time',
+                         'image_size'}
     assert all(a.description for a in args.values())
     nodes = [e for e in entities if isinstance(e, Node)]
     assert len(nodes) == 1

@@ -56,6 +56,28 @@ def main(argv=None) -> int:
         return 130
 
 
+def add_robot_argument(parser: argparse.ArgumentParser) -> None:
+    """``--robot FILE``: the arm of the arm scene as a robot config (ami_ros.robot_config)."""
+    parser.add_argument('--robot', default=None, metavar='FILE',
+                        help='robot config of an arm (YAML: URDF, end effector, joints, camera; '
+                             'a path, or the name of one in config/robots such as boom5); '
+                             'runs the arm scene arm_reach with that arm')
+
+
+def robot_of(args):
+    """The RobotConfig of ``--robot`` (None without one); ValueError if bad or not an arm scene."""
+    robot = getattr(args, 'robot', None)
+    if not robot:
+        return None
+    from ami_ros.robot_config import load_robot
+    from ami_ros.sim import ARM_SCENES
+
+    scene = getattr(args, 'scene', None)
+    if scene is not None and scene not in ARM_SCENES:
+        raise ValueError(f'--robot drives the arm scene {list(ARM_SCENES)}, not --scene {scene}')
+    return load_robot(robot)
+
+
 def json_clean(obj, digits: int | None = None):
     """Make a result strict JSON: NaN/inf -> None, numpy scalars -> Python, keys -> str.
 

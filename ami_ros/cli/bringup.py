@@ -2,7 +2,9 @@
 
 For machines without ``ros2 launch``: the same nodes and the same parameter files as
 ``launch/ami_bringup.launch.py`` (``config/ami_ros.yaml``, then ``config/<scene>.yaml``), spun by
-one single-threaded executor; ``--scene`` overrides the files' scene in every node.
+one single-threaded executor; ``--scene`` overrides the files' scene in every node, ``--robot``
+(a robot config) gives every node the arm: the world_model and planner its URDF and end effector,
+the simulator the arm itself.
 ``--with-sim`` adds the built-in simulator node (``config/sim.yaml``) and runs every node on its
 ``/clock``. Anything after ``--ros-args`` goes to every node as usual
 (``-p name:=value``, remaps). On exit (Ctrl-C or ``--duration``) a table of each node's rates,
@@ -15,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from ami_ros.cli import add_robot_argument, robot_of
 from ami_ros.paths import config_path
 from ami_ros.sim import SCENES
 
@@ -25,6 +28,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                         'config/ami_ros.yaml)')
     p.add_argument('--scene', choices=sorted(SCENES), default='arm_reach',
                    help='scene: picks the model, the URDF and config/<scene>.yaml overrides')
+    add_robot_argument(p)
     p.add_argument('--with-sim', action='store_true',
                    help='also run the built-in simulator node, all nodes on its /clock')
     p.add_argument('--use-sim-time', action='store_true',
@@ -60,6 +64,9 @@ def ros_arguments(args: argparse.Namespace) -> list[str]:
 def node_overrides(args: argparse.Namespace) -> dict[str, object]:
     """Parameters every node gets from the command line, above any parameter file."""
     values: dict[str, object] = {'scene': args.scene}
+    robot = robot_of(args)
+    if robot is not None:
+        values['robot'] = str(robot.source)
     if args.with_sim or args.use_sim_time:
         values['use_sim_time'] = True
     return values
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         ros_args = ros_arguments(args)
+        node_overrides(args)  # a bad robot config fails here, before ROS starts
     except ValueError as e:
         print(f'ami-ros bringup: {e}', file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from ami_ros.cli import json_clean
+from ami_ros.cli import add_robot_argument, json_clean, robot_of
 
 DOMAIN_IDS = range(102, 233)
 """Random ROS_DOMAIN_ID range when none is set: above the tests' 1..101, within Fast DDS's 232."""
@@ -44,6 +44,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument('--goals', type=int, default=5, help='goals to reach, one after the other')
     p.add_argument('--checkpoint', default='arm_reach',
                    help='world model: shipped model name, checkpoint or training output dir')
+    add_robot_argument(p)
     p.add_argument('--out', type=Path, default=Path('runs') / 'demo',
                    help='directory for the bag, the PNG, the JSON summary and the logs')
     p.add_argument('--timeout-per-goal', type=float, default=15.0,
@@ -111,13 +112,15 @@ class Stack:
     """The simulator and the stack as child processes; ``stop`` leaves none behind."""
 
     def __init__(self, layout: str, checkpoint: Path, env: dict, log_dir: Path,
-                 params: Path | None = None):
+                 params: Path | None = None, robot: Path | None = None):
         from ami_ros.paths import config_path
 
         if layout not in LAYOUTS:
             raise ValueError(f'processes must be one of {LAYOUTS}, got {layout!r}')
         py, model = sys.executable, f'model:={checkpoint}'
         extra = ['--params-file', str(params)] if params else []  # last: it overrides
+        if robot is not None:  # the arm of the robot config, in the sim and the stack
+            extra += ['-p', f'robot:={robot}']
         sim = [py, '-m', 'ami_ros.nodes.sim', '--ros-args', '--params-file',
                str(config_path('sim.yaml')), *extra]
         bringup = [py, '-c', CLI, 'bringup', '--scene', 'arm_reach']
@@ -228,7 +231,8 @@ class Session:
         self.config = DemoConfig(goals=args.goals, seed=args.seed,
                                  timeout=args.timeout_per_goal, dwell=args.dwell)
         self.env, self.domain = ros_environment(out)
-        self.stack = Stack(layout, checkpoint, self.env, out / 'logs', args.params)
+        self.robot = getattr(args, 'robot_file', None)
+        self.stack = Stack(layout, checkpoint, self.env, out / 'logs', args.params, self.robot)
 
     def run(self) -> dict:
         import rclpy
@@ -258,7 +262,8 @@ class Session:
                 self._wait_ready()
                 startup_s = time.monotonic() - wall0
                 _log(f'demo: stack up in {startup_s:.1f} s')
-                maker = GoalMaker(self.config, image_size=driver.frame_shape[0])
+                maker = GoalMaker(self.config, image_size=driver.frame_shape[0],
+                                  robot=self.robot)
                 goals = self._goals(maker)
             finally:
                 if maker is not None:
@@ -400,6 +405,8 @@ class Session:
             for key in ('/**', '/**/planner'):
                 values.update((data.get(key) or {}).get('ros__parameters') or {})
         values.update(model=str(self.checkpoint), autostart=False)
+        if self.robot is not None:
+            values.update(robot=str(self.robot))
         node = PlannerNode(context=context, parameter_overrides=[
             Parameter(k, value=v) for k, v in values.items()])
         try:
@@ -537,15 +544,22 @@ def print_bench(bench: dict) -> None:
     Console().print(table)
 
 
-def arm_reach_checkpoint(name_or_dir, command: str) -> Path:
-    """The checkpoint directory of a model for the 4-joint arm_reach arm (ValueError if not)."""
+def arm_reach_checkpoint(name_or_dir, command: str, robot=None) -> Path:
+    """The checkpoint directory of a model for the arm.
+
+    ``robot``: a RobotConfig (default: the 4-joint arm_reach arm). ValueError if the model's
+    action dimensions are not the arm's joints.
+    """
     from ami_ros.model.checkpoint import read_checkpoint_config, resolve_checkpoint
+    from ami_ros.robot_config import chain_joints
 
     checkpoint = resolve_checkpoint(name_or_dir).resolve()
     config, _ = read_checkpoint_config(checkpoint)
-    if config.action_dim != 4:
-        raise ValueError(f'{checkpoint}: the {command} drives the 4-joint arm_reach arm; this '
-                         f'model has {config.action_dim} action dimensions')
+    joints = 4 if robot is None else len(chain_joints(robot))
+    name = 'arm_reach' if robot is None else robot.name
+    if config.action_dim != joints:
+        raise ValueError(f'{checkpoint}: the {command} drives the {joints}-joint {name} arm; '
+                         f'this model has {config.action_dim} action dimensions')
     return checkpoint
 
 
@@ -591,7 +605,9 @@ def run(args) -> int:
             args.params = args.params.expanduser().resolve()
             if not args.params.is_file():
                 raise ValueError(f'{args.params}: parameters file not found')
-        checkpoint = arm_reach_checkpoint(args.checkpoint, 'demo')
+        robot = robot_of(args)
+        args.robot_file = None if robot is None else robot.source
+        checkpoint = arm_reach_checkpoint(args.checkpoint, 'demo', robot)
         out = args.out.expanduser().resolve()
         out.mkdir(parents=True, exist_ok=True)
     except (CheckpointError, ValueError, OSError) as exc:

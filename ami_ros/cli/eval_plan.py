@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from ami_ros.cli import json_clean
+from ami_ros.cli import add_robot_argument, json_clean, robot_of
 
 METHODS = ('world_model', 'random', 'oracle', 'oracle_latent')
 """What eval-plan can run side by side; the first three by default."""
@@ -26,6 +26,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                              '(not needed when --methods are only random and oracle)')
     parser.add_argument('--scene', choices=('arm_reach', 'pusht', 'reacher'), default='arm_reach',
                         help='built-in scene')
+    add_robot_argument(parser)
     parser.add_argument('--episodes', type=int, default=20, help='episodes (goals) per method')
     parser.add_argument('--protocol', choices=('own', 'swm'), default=None,
                         help="goals, budget and success rule: 'own' (the scene's eval_plan "
@@ -77,15 +78,19 @@ def load_closed_loop(args, budgets=()):
     from ami_ros.safety import Limits
     from ami_ros.sim import SceneConfig, make_scene
 
-    cfg = load_scene_config(args.scene, args.config)
+    robot = robot_of(args)
+    robot_file = None if robot is None else robot.source
+    cfg = load_scene_config(args.scene, args.config, robot=robot_file)
     p = cfg.planner
     if args.checkpoint is None:  # model-free methods only (random, oracle): the scene's own size
         model, image_size, ckpt_path = None, SceneConfig.image_size, None
     else:
         model, image_size, ckpt_path = load_model(args, p.horizon, max([p.samples, *budgets]))
-    scene = make_scene(args.scene, SceneConfig(image_size=image_size, seed=args.seed))
+    scene = make_scene(args.scene, SceneConfig(image_size=image_size, seed=args.seed),
+                       robot=robot_file)
     if model is not None and scene.num_joints != model.action_dim:
-        raise ValueError(f'scene {args.scene} has {scene.num_joints} joints, the model '
+        arm = f'robot {robot.name}' if robot is not None else f'scene {args.scene}'
+        raise ValueError(f'{arm} has {scene.num_joints} joints, the model '
                          f'{model.action_dim} action dimensions')
     limits = Limits(tuple(f'joint{i}' for i in range(scene.num_joints)), scene.lower,
                     scene.upper, np.asarray(scene.velocity_limit) * p.velocity_scale)
@@ -184,7 +189,8 @@ def run(args) -> int:
         budgets.append(_budget_row(n, p.iterations, pe.summarize(r['world_model'])))
     budgets.sort(key=lambda b: b['rollouts_per_plan'])
 
-    out = args.out or Path('runs') / 'eval-plan' / args.scene
+    robot_name = getattr(scene, 'robot_name', None)
+    out = args.out or Path('runs') / 'eval-plan' / (robot_name or args.scene)
     plots = [str(plot_success(methods, budgets, out / 'success.png',
                               f'{args.scene}: {args.episodes} goals, {ecfg.steps} steps'))]
     first = next(iter(results.values()))
@@ -201,7 +207,7 @@ def run(args) -> int:
 
     report = {
         'checkpoint': ckpt_path, 'backend': args.backend, 'scene': args.scene,
-        'methods': methods, 'budgets': budgets, 'plots': plots,
+        'robot': robot_name, 'methods': methods, 'budgets': budgets, 'plots': plots,
         'config': {'episodes': args.episodes, 'seed': args.seed, 'plan_config': str(cfg_file),
                    'threads': args.threads, 'eval': dataclasses.asdict(ecfg),
                    'planner': mpc.planner, 'planning': dataclasses.asdict(mpc.planning),

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from ami_ros.cli import json_clean
+from ami_ros.cli import add_robot_argument, json_clean
 from ami_ros.cli.eval_plan import _fmt, _log, add_model_arguments, load_closed_loop
 
 
@@ -23,6 +23,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help='checkpoint directory, training output dir, or shipped model name')
     parser.add_argument('--scene', choices=('arm_reach', 'pusht'), default='arm_reach',
                         help='built-in scene')
+    add_robot_argument(parser)
     parser.add_argument('--episodes', type=int, default=30,
                         help='episodes with one anomaly each (types in turn)')
     parser.add_argument('--policy', choices=('explorer', 'mpc'), default='explorer',
@@ -34,7 +35,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                              '(default config/<scene>.yaml)')
     add_model_arguments(parser)
     parser.add_argument('--out', type=Path, default=None,
-                        help='directory for the PNG (default runs/eval-surprise/<scene>)')
+                        help='directory for the PNG (default runs/eval-surprise/<scene or '
+                             'robot>)')
     parser.add_argument('--json', action='store_true',
                         help='print one JSON object on stdout instead of a table')
 
@@ -65,7 +67,7 @@ def run(args) -> int:
          f'policy {args.policy}')
     result = se.evaluate_surprise(scene, agent, args.episodes, args.seed, cfg, args.policy,
                                   goal_fn if args.policy == 'mpc' else None, log=_log)
-    out = args.out or Path('runs') / 'eval-surprise' / args.scene
+    out = args.out or Path('runs') / 'eval-surprise' / getattr(scene, 'robot_name', args.scene)
     per_type = {k: {'normal': result['normal_scores'], 'anomalous': v['scores'],
                     'auroc': v['auroc']} for k, v in result['types'].items()}
     plot = plot_surprise(per_type, out / 'surprise.png',

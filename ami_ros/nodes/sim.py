@@ -46,7 +46,8 @@ from trajectory_msgs.msg import JointTrajectory
 from ami_ros.nodes.common import (ConfigParameters, RateMeter, ThrottledLog, camera_info_msg,
                                   diagnostic_status, guarded, image_to_msg, run_node, seconds,
                                   time_msg)
-from ami_ros.sim import EFFORT_SCENES, SCENES, CommandError, Scene, SceneConfig, make_scene
+from ami_ros.sim import (ARM_SCENES, EFFORT_SCENES, SCENES, CommandError, Scene, SceneConfig,
+                         make_scene)
 from ami_ros.sim.truth import pose_topic, signal_topic, split_truth
 
 TRAJECTORY_TOPIC = 'joint_trajectory_controller/joint_trajectory'
@@ -63,6 +64,9 @@ class SimNodeConfig:
 
     scene: str = 'arm_reach'
     """Built-in scene to simulate (see ami_ros.sim.SCENES)."""
+    robot: str = ''
+    """Robot config of the arm scene (a YAML path, or a name in share/ami_ros/config/robots such
+    as boom5): the arm's URDF, end effector and camera. Empty = the scene's own robot."""
     image_size: int = 64
     """Side of the square camera frame, pixels."""
     control_hz: float = 10.0
@@ -77,8 +81,9 @@ class SimNodeConfig:
     """Frame of the ground-truth poses and of goals sent to ~/set_goal_pose."""
     camera_frame_id: str = 'camera_optical_frame'
     """frame_id of camera/image_raw and camera/camera_info."""
-    camera_fovy_deg: float = 55.0
-    """Vertical field of view written into camera_info (arm_reach's camera has 55 degrees)."""
+    camera_fovy_deg: float = 0.0
+    """Vertical field of view written into camera_info, degrees; 0 = the scene's camera (the
+    robot config's fovy; 55 for scenes without a perspective camera)."""
     diagnostics_hz: float = 1.0
     """Rate of /diagnostics messages, wall-clock Hz."""
 
@@ -93,8 +98,12 @@ class SimNodeConfig:
         if not 0.0 < float(self.render_hz) <= float(self.control_hz):
             raise ValueError(f'render_hz must be in (0, control_hz={self.control_hz}], '
                              f'got {self.render_hz}')
-        if not 0.0 < float(self.camera_fovy_deg) < 180.0:
-            raise ValueError(f'camera_fovy_deg must be in (0, 180), got {self.camera_fovy_deg}')
+        if not 0.0 <= float(self.camera_fovy_deg) < 180.0:
+            raise ValueError(f'camera_fovy_deg must be in (0, 180) or 0 (the scene\'s), got '
+                             f'{self.camera_fovy_deg}')
+        if self.robot and self.scene not in ARM_SCENES:
+            raise ValueError(f'robot {self.robot!r}: a robot config drives the arm scene '
+                             f'{list(ARM_SCENES)}, not scene {self.scene!r}')
         if not 0.1 <= float(self.diagnostics_hz) <= 100.0:
             raise ValueError(f'diagnostics_hz must be in [0.1, 100], got {self.diagnostics_hz}')
         for name in ('world_frame_id', 'camera_frame_id'):
@@ -142,15 +151,16 @@ class SimNode(Node):
             self, SimNodeConfig,
             choices={'scene': tuple(s for s in SCENES if s not in EFFORT_SCENES)},
             ranges={'image_size': (16, 1024), 'control_hz': (0.5, 1000.0),
-                    'render_hz': (0.01, 1000.0), 'camera_fovy_deg': (1.0, 179.0),
+                    'render_hz': (0.01, 1000.0), 'camera_fovy_deg': (0.0, 179.0),
                     'diagnostics_hz': (0.1, 100.0)},
-            read_only=('scene', 'image_size', 'control_hz', 'seed'),
+            read_only=('scene', 'robot', 'image_size', 'control_hz', 'seed'),
             on_change=self._on_params)
         cfg = self.params.config
         try:
-            self.scene = make_scene(cfg.scene, cfg.scene_config())
+            self.scene = make_scene(cfg.scene, cfg.scene_config(), robot=cfg.robot or None)
         except (ImportError, OSError, RuntimeError) as e:
             raise ValueError(f'cannot create scene {cfg.scene!r}: {e}') from e
+        self._fovy = self.scene.camera_fovy_deg or 55.0  # camera_info when camera_fovy_deg is 0
         self.scene.reset(seed=cfg.seed)
         self.sim_time = 0.0
         self.steps = self.episode = self.accepted = self.rejected = 0
@@ -179,9 +189,10 @@ class SimNode(Node):
         self.create_service(Trigger, '~/set_goal', self._guard(self._on_set_goal))
         self._step_timer = self._diag_timer = None
         self._make_timers()
+        robot = getattr(self.scene, 'robot_name', cfg.scene)
         self.get_logger().info(
-            f'{cfg.scene}: joints {list(self.scene.joint_names)}, {cfg.control_hz} Hz control, '
-            f'{cfg.render_hz} Hz {cfg.image_size}px camera, realtime={cfg.realtime}')
+            f'{cfg.scene} ({robot}): joints {list(self.scene.joint_names)}, {cfg.control_hz} Hz '
+            f'control, {cfg.render_hz} Hz {cfg.image_size}px camera, realtime={cfg.realtime}')
 
     def _guard(self, callback):
         """``callback`` that logs, counts and survives its exceptions (see :func:`guarded`)."""
@@ -243,8 +254,9 @@ class SimNode(Node):
         cfg, stamp = self.params.config, time_msg(self.sim_time)
         image = self.scene.render()
         self._image_pub.publish(image_to_msg(image, stamp, cfg.camera_frame_id, 'rgb8'))
-        self._info_pub.publish(camera_info_msg(image.shape[1], image.shape[0],
-                                               cfg.camera_fovy_deg, stamp, cfg.camera_frame_id))
+        fovy = float(cfg.camera_fovy_deg) or self._fovy
+        self._info_pub.publish(camera_info_msg(image.shape[1], image.shape[0], fovy, stamp,
+                                               cfg.camera_frame_id))
         self._frame_rate.tick()
 
     # -- commands ---------------------------------------------------------------------------------

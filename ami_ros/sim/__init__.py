@@ -13,17 +13,26 @@ SCENES = {
 }
 EFFORT_SCENES = ('reacher',)
 """Scenes whose commands are joint efforts (the others take joint positions)."""
+ARM_SCENES = ('arm_reach',)
+"""Scenes built from a robot config (any serial arm's URDF, ``ami_ros.robot_config``)."""
 
 
-def make_scene(name: str, config: SceneConfig | None = None) -> Scene:
-    """Create a scene by name.
+def make_scene(name: str, config: SceneConfig | None = None, robot=None) -> Scene:
+    """Create a scene by name; ``robot``: a robot config (path or shipped name) for an arm scene.
 
-    Example: ``make_scene('arm_reach', SceneConfig(image_size=128))``.
+    Example: ``make_scene('arm_reach', SceneConfig(image_size=128), robot='my_arm.yaml')``.
     """
     if name not in SCENES:
         raise ValueError(f'unknown scene {name!r}; choose one of {sorted(SCENES)}')
     module, cls = SCENES[name].split(':')
-    return getattr(importlib.import_module(module), cls)(config or SceneConfig())
+    scene_cls = getattr(importlib.import_module(module), cls)
+    if robot:
+        if name not in ARM_SCENES:
+            raise ValueError(f'a robot config drives the arm scene {list(ARM_SCENES)}, not '
+                             f'scene {name!r}')
+        return scene_cls(config, robot=robot)
+    return scene_cls(config or SceneConfig())
 
 
-__all__ = ['CommandError', 'EFFORT_SCENES', 'Scene', 'SceneConfig', 'SCENES', 'make_scene']
+__all__ = ['ARM_SCENES', 'CommandError', 'EFFORT_SCENES', 'Scene', 'SceneConfig', 'SCENES',
+           'make_scene']

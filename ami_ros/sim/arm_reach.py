@@ -1,8 +1,10 @@
-"""The ``arm_reach`` scene: a 4-joint industrial-style arm reaching for a goal (MuJoCo, no ROS).
+"""The ``arm_reach`` scene: a serial arm reaching for a goal point (MuJoCo, no ROS).
 
-The arm comes from ``urdf/arm_reach.urdf`` (the one source of its joint limits); this module adds
-what a URDF cannot say: floor, light, a fixed camera, position servos on every joint and a green
-goal marker. Commands are joint position targets, as for a ros2_control position interface.
+The arm is configuration: a robot config (:mod:`ami_ros.robot_config`, default
+``config/robots/arm_reach.yaml``: the 4-joint ``urdf/arm_reach.urdf``) names the URDF (the one
+source of the joint limits), the end-effector link and the camera; this module adds what a URDF
+cannot say: floor, light, the fixed camera, position servos on every joint and a green goal
+marker. Commands are joint position targets, as for a ros2_control position interface.
 
 Like an industrial drive, the servo does not jump to a new target: at every physics step a
 setpoint generator moves the servo setpoint towards the target with bounded acceleration and at
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +28,10 @@ os.environ.setdefault('MUJOCO_GL', 'egl')
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ami_ros.paths import urdf_path  # noqa: E402
+from ami_ros.robot_config import (RobotConfig, RobotError, default_robot,  # noqa: E402
+                                  load_robot, read_joints)
 from ami_ros.sim.base import CommandError, Scene, SceneConfig  # noqa: E402
 
-EE_BODY = 'tool0'
 CAMERA = 'workspace'
 GOAL_BODY = 'goal'
 GOAL_SHADOW_BODY = 'goal_shadow'
@@ -39,8 +42,10 @@ _INTEGRATION = mujoco.mjtState.mjSTATE_INTEGRATION
 class ArmReachConfig(SceneConfig):
     """Settings of the ``arm_reach`` scene (plus the common :class:`SceneConfig` ones)."""
 
+    robot: str = ''
+    """Robot config: a YAML path or a shipped name (config/robots/<name>.yaml); '' = arm_reach."""
     goal_tolerance: float = 0.05
-    """success() when the end effector (tool0) is within this distance of the goal, metres."""
+    """success() when the end effector is within this distance of the goal, metres."""
     physics_dt: float = 0.004
     """Largest physics time step, seconds; the control period is split into equal substeps."""
     servo_bandwidth: float = 25.0
@@ -105,29 +110,34 @@ def _as_arm_config(config: SceneConfig | None) -> ArmReachConfig:
     return ArmReachConfig(**common)
 
 
-def _read_urdf_joints(path: Path):
-    """(names, lower, upper, velocity, effort) of the URDF's actuated joints, in chain order."""
-    import yourdfpy  # local: only this scene needs it
+def _urdf_spec(path: Path) -> mujoco.MjSpec:
+    """The URDF as a MuJoCo spec that keeps visual geometry and fixed-joint links.
 
-    if not path.is_file():
-        raise FileNotFoundError(f'arm_reach: URDF not found at {path}')
-    robot = yourdfpy.URDF.load(str(path), build_scene_graph=False, load_meshes=False)
-    names = tuple(robot.actuated_joint_names)
-    rows = []
-    for name in names:
-        joint = robot.joint_map[name]
-        lim = joint.limit
-        if joint.type != 'revolute' or lim is None or None in (
-                lim.lower, lim.upper, lim.velocity, lim.effort):
-            raise ValueError(f'{path}: joint {name!r} must be revolute with lower, upper, '
-                             f'velocity and effort limits')
-        if not (lim.lower < lim.upper and lim.velocity > 0 and lim.effort > 0):
-            raise ValueError(f'{path}: joint {name!r} has bad limits {lim}')
-        rows.append((lim.lower, lim.upper, lim.velocity, lim.effort))
-    if len(names) < 3:
-        raise ValueError(f'{path}: expected at least 3 revolute joints, found {list(names)}')
-    lower, upper, velocity, effort = (np.array(c, dtype=np.float64) for c in zip(*rows))
-    return names, lower, upper, velocity, effort
+    MuJoCo's URDF importer drops every <visual> and merges links on fixed joints (the end
+    effector) unless the URDF says <mujoco><compiler discardvisual="false"
+    fusestatic="false"/></mujoco>; a URDF without that tag is read with it added (mesh files
+    are then looked up next to the URDF).
+    """
+    text = path.read_text()
+    if re.search(r'<compiler\b[^>]*discardvisual\s*=\s*"false"', text) and \
+            re.search(r'<compiler\b[^>]*fusestatic\s*=\s*"false"', text):
+        return mujoco.MjSpec.from_file(str(path))
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(text)
+    block = root.find('mujoco')
+    if block is None:
+        block = ET.SubElement(root, 'mujoco')
+    compiler = block.find('compiler')
+    if compiler is None:
+        compiler = ET.SubElement(block, 'compiler')
+    compiler.set('discardvisual', 'false')
+    compiler.set('fusestatic', 'false')
+    compiler.set('meshdir', compiler.get('meshdir', str(path.parent)))
+    try:
+        return mujoco.MjSpec.from_string(ET.tostring(root, encoding='unicode'))
+    except ValueError as e:
+        raise RobotError(f'{path}: MuJoCo cannot read this URDF: {e}') from None
 
 
 def _look_at_quat(pos, target) -> np.ndarray:
@@ -144,18 +154,31 @@ def _look_at_quat(pos, target) -> np.ndarray:
     return quat
 
 
+def _scene_robot(config: ArmReachConfig, robot) -> tuple[ArmReachConfig, RobotConfig]:
+    """The robot in force (``robot``, else ``config.robot``, else arm_reach's) and its config.
+
+    The config names the robot, so that ``make_scene(name, scene.config)`` builds the same arm
+    (the oracle's private copy of the scene).
+    """
+    robot = robot or config.robot or default_robot('arm_reach')
+    loaded = load_robot(robot)
+    name = str(loaded.source) if loaded.source is not None else robot
+    return dataclasses.replace(config, robot=name), loaded
+
+
 class ArmReachScene(Scene):
-    """A 4-joint arm on a pedestal, a green goal point and a fixed camera (see module docstring)."""
+    """A serial arm from its robot config, a green goal point and a fixed camera (module doc)."""
 
     name = 'arm_reach'
-    camera_fovy_deg = 55.0
 
-    def __init__(self, config: SceneConfig | None = None):
-        config = _as_arm_config(config)
+    def __init__(self, config: SceneConfig | None = None, robot=None):
+        config, self.robot = _scene_robot(_as_arm_config(config), robot)
         super().__init__(config)
-        path = urdf_path('arm_reach')
+        self.robot_name = self.robot.name
+        self.camera_fovy_deg = float(self.robot.camera.fovy)
+        path = self.robot.urdf
         (self.joint_names, self.lower, self.upper, self.velocity_limit,
-         self.effort_limit) = _read_urdf_joints(path)
+         self.effort_limit) = read_joints(self.robot)
         self._model = self._build_model(path)
         self._data = mujoco.MjData(self._model)
         self._scratch = mujoco.MjData(self._model)  # for FK / collision checks off the live sim
@@ -163,7 +186,7 @@ class ArmReachScene(Scene):
         joint_ids = [m.joint(n).id for n in self.joint_names]
         self._qadr = np.array([m.jnt_qposadr[j] for j in joint_ids])
         self._vadr = np.array([m.jnt_dofadr[j] for j in joint_ids])
-        self._ee_body = m.body(EE_BODY).id
+        self._ee_body = self._body_id(self.robot.end_effector)
         self._goal_mocap = m.body_mocapid[m.body(GOAL_BODY).id]
         self._shadow_mocap = m.body_mocapid[m.body(GOAL_SHADOW_BODY).id]
         self._camera = m.camera(CAMERA).id
@@ -173,7 +196,7 @@ class ArmReachScene(Scene):
         kp = m.actuator_gainprm[:, 0]
         kv = -m.actuator_biasprm[:, 2] + m.dof_damping[self._vadr]
         self._max_lag = float(config.following_error_margin) * kv * self._max_speed / kp
-        self._shoulder, self._reach = self._shoulder_and_reach()
+        self._shoulder, self._reach = self._reach_sphere()
         self._setpoint = np.zeros(self.num_joints)
         self._setpoint_velocity = np.zeros(self.num_joints)
         self._target = np.zeros(self.num_joints)
@@ -183,12 +206,21 @@ class ArmReachScene(Scene):
         self._rng = np.random.default_rng(config.seed)
         self.reset(config.seed)
 
+    def _body_id(self, name: str) -> int:
+        try:
+            return self._model.body(name).id
+        except KeyError:
+            raise RobotError(f'{self.robot.urdf}: MuJoCo dropped the end-effector link {name!r} '
+                             f'(a link on a fixed joint is merged into its parent): add '
+                             f'<mujoco><compiler fusestatic="false"/></mujoco>') from None
+
     # ----------------------------------------------------------------------------- model ---
     def _build_model(self, path: Path) -> mujoco.MjModel:
         cfg = self.config
-        spec = mujoco.MjSpec.from_file(str(path))
-        # The URDF's <mujoco><compiler discardvisual="false" fusestatic="false"/> tag already
-        # kept the visual geoms and the tool0 body at parse time; repeat it for the compile.
+        spec = _urdf_spec(path)
+        # The URDF's <mujoco><compiler discardvisual="false" fusestatic="false"/> tag (added by
+        # _urdf_spec where missing) kept the visual geoms and the end-effector body at parse
+        # time; repeat it for the compile.
         spec.compiler.discardvisual = False
         spec.compiler.fusestatic = False
         self._n_sub = max(1, int(round(self.control_dt / cfg.physics_dt)))
@@ -231,39 +263,17 @@ class ArmReachScene(Scene):
         light.dir = [-0.3, 0.2, -1.0]
         light.diffuse = [0.6, 0.6, 0.6]
         light.castshadow = False
-        # Oblique view from the front-right and above, framing the full reach circle.
+        # The robot config's view (arm_reach: oblique, from the front-right and above, framing
+        # the full reach circle).
+        camera = self.robot.camera
         cam = world.add_camera()
         cam.name = CAMERA
-        cam.pos = [0.95, -0.7, 1.3]
-        cam.quat = _look_at_quat(cam.pos, [0.0, 0.0, 0.2])
-        cam.fovy = ArmReachScene.camera_fovy_deg
-        goal = world.add_body()
-        goal.name = GOAL_BODY
-        goal.mocap = True
-        marker = goal.add_geom()
-        marker.name = 'goal_marker'
-        marker.type = mujoco.mjtGeom.mjGEOM_SPHERE
-        marker.size = [0.05, 0.0, 0.0]  # as big as the default success region
-        marker.rgba = [0.1, 0.9, 0.2, 1.0]
-        marker.contype = 0
-        marker.conaffinity = 0
-        marker.group = 0
-        # A dark disc on the floor under the goal: with no shadows, the depth cue that tells a
-        # high goal from a far one in a single view.
-        shadow = world.add_body()
-        shadow.name = GOAL_SHADOW_BODY
-        shadow.mocap = True
-        disc = shadow.add_geom()
-        disc.name = 'goal_shadow_disc'
-        disc.type = mujoco.mjtGeom.mjGEOM_CYLINDER
-        disc.size = [0.05, 0.001, 0.0]
-        disc.rgba = [0.12, 0.42, 0.18, 1.0]
-        disc.contype = 0
-        disc.conaffinity = 0
-        disc.group = 0
-
+        cam.pos = list(camera.pos)
+        cam.quat = _look_at_quat(cam.pos, list(camera.look_at))
+        cam.fovy = self.camera_fovy_deg
+        self._add_goal_marker(world)
         model = spec.compile()
-        self._check_model_limits(model, path)
+        self._check_model(model, path)
         # Servo gains from the largest joint-space inertia over the joint ranges (critically
         # damped there, overdamped elsewhere: no overshoot beyond the rate-limited setpoint).
         inertia = self._max_joint_inertia(model)
@@ -280,8 +290,46 @@ class ArmReachScene(Scene):
             act.forcerange = [-self.effort_limit[i], self.effort_limit[i]]
         return spec.compile()
 
-    def _check_model_limits(self, model: mujoco.MjModel, path: Path) -> None:
-        """Check that MuJoCo's and yourdfpy's readings of the URDF agree (one file, two parsers)."""
+    def _add_goal_marker(self, world) -> None:
+        """The green goal point and its shadow disc (mocap bodies; hidden without goal_marker)."""
+        group = 0 if self.robot.goal_marker else 5  # groups >= 3 are not rendered
+        goal = world.add_body()
+        goal.name = GOAL_BODY
+        goal.mocap = True
+        marker = goal.add_geom()
+        marker.name = 'goal_marker'
+        marker.type = mujoco.mjtGeom.mjGEOM_SPHERE
+        marker.size = [0.05, 0.0, 0.0]  # as big as the default success region
+        marker.rgba = [0.1, 0.9, 0.2, 1.0]
+        marker.contype = 0
+        marker.conaffinity = 0
+        marker.group = group
+        # A dark disc on the floor under the goal: with no shadows, the depth cue that tells a
+        # high goal from a far one in a single view.
+        shadow = world.add_body()
+        shadow.name = GOAL_SHADOW_BODY
+        shadow.mocap = True
+        disc = shadow.add_geom()
+        disc.name = 'goal_shadow_disc'
+        disc.type = mujoco.mjtGeom.mjGEOM_CYLINDER
+        disc.size = [0.05, 0.001, 0.0]
+        disc.rgba = [0.12, 0.42, 0.18, 1.0]
+        disc.contype = 0
+        disc.conaffinity = 0
+        disc.group = group
+
+    def _check_model(self, model: mujoco.MjModel, path: Path) -> None:
+        """Check that the arm is visible and that MuJoCo and yourdfpy read the same limits.
+
+        Visible: MuJoCo kept visual geoms on the moving bodies. Limits: one file, two parsers.
+        """
+        moving = np.zeros(model.nbody, dtype=bool)
+        for b in range(1, model.nbody):  # parents come before their children
+            moving[b] = model.body_jntnum[b] > 0 or moving[model.body_parentid[b]]
+        if not any(moving[model.geom_bodyid[g]] and model.geom_group[g] < 3
+                   for g in range(model.ngeom)):
+            raise RobotError(f'{path}: the arm has no visual geometry in MuJoCo: the camera '
+                             f'would see no arm; add <visual> elements to the moving links')
         for i, name in enumerate(self.joint_names):
             try:
                 rng = model.joint(name).range
@@ -310,17 +358,29 @@ class ArmReachScene(Scene):
             best = np.maximum(best, np.diag(full)[vadr])
         return best
 
-    def _shoulder_and_reach(self) -> tuple[np.ndarray, float]:
-        """Shoulder pitch axis point (3,) and its distance to tool0 with the arm stretched.
+    def _reach_sphere(self) -> tuple[np.ndarray, float]:
+        """Centre (3,) and radius of a sphere that holds every end-effector position.
 
-        The shoulder lies on the base yaw axis, so it stays put; at all-zero angles the arm is
-        straight (see the URDF).
+        Centre: the anchor of the last joint that the joints before it do not move (it lies on
+        all their axes: arm_reach's shoulder on the base yaw axis). Radius: the chain's length
+        from there, anchor to anchor to the end effector (at zero angles; revolute joints keep
+        these distances, so by the triangle inequality no posture reaches further). For an arm
+        stretched straight at zero angles (arm_reach) it is exactly the reach.
         """
         d = self._scratch
         d.qpos[:] = 0.0
         mujoco.mj_kinematics(self._model, d)
-        shoulder = d.xanchor[self._model.joint(self.joint_names[1]).id].copy()
-        return shoulder, float(np.linalg.norm(d.xpos[self._ee_body] - shoulder))
+        ids = [self._model.joint(n).id for n in self.joint_names]
+        anchors, axes = d.xanchor[ids].copy(), d.xaxis[ids].copy()  # (J, 3)
+        first = 0
+        for i in range(1, len(ids)):
+            off_axis = [np.linalg.norm(np.cross(anchors[i] - anchors[j], axes[j]))
+                        for j in range(i)]
+            if max(off_axis) > 1e-9:
+                break
+            first = i
+        points = np.vstack([anchors[first:], d.xpos[self._ee_body]])
+        return anchors[first], float(np.linalg.norm(np.diff(points, axis=0), axis=1).sum())
 
     # ------------------------------------------------------------------------ sampling ---
     def _collision_free(self, q: np.ndarray) -> bool:
@@ -337,7 +397,7 @@ class ArmReachScene(Scene):
         """Draw a uniform joint configuration (J,) free of contact, by rejection.
 
         Within [lo, hi] (default: the URDF limits), with no contact of the arm with the floor or
-        itself and tool0 at least ``min_ee_height`` above the floor.
+        itself and the end effector at least ``min_ee_height`` above the floor.
         """
         lo = self.lower if lo is None else np.asarray(lo, dtype=np.float64)
         hi = self.upper if hi is None else np.asarray(hi, dtype=np.float64)
@@ -349,7 +409,7 @@ class ArmReachScene(Scene):
                            f'tries within [{lo}, {hi}]')
 
     def forward_kinematics(self, q) -> np.ndarray:
-        """tool0 position (3,) at joint configuration q (does not touch the simulation)."""
+        """End-effector position (3,) at joint configuration q (does not touch the simulation)."""
         q = self.check_target(q)
         d = self._scratch
         d.qpos[self._qadr] = q
@@ -358,10 +418,10 @@ class ArmReachScene(Scene):
 
     def calibration_frame(self, rng: np.random.Generator
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A goal photo of a random posture: (frame, joint positions (J,), tool0 position (3,)).
+        """A goal photo of a random posture: (frame, joints (J,), end-effector position (3,)).
 
-        The arm is put at a collision-free configuration with tool0 at least
-        ``min_goal_height`` up (as goals are drawn) and the goal marker on tool0, as eval-plan's
+        The arm is put at a collision-free configuration with the end effector at least
+        ``min_goal_height`` up (as goals are drawn) and the goal marker on it, as eval-plan's
         goal images show it. The calibration sweep of the posture reader; it moves the arm, so
         use a scene of its own.
         """
@@ -383,7 +443,8 @@ class ArmReachScene(Scene):
         mid = 0.5 * (self.lower + self.upper)
         half = 0.5 * (self.upper - self.lower) * float(cfg.init_range_fraction)
         q0 = self.random_configuration(self._rng, mid - half, mid + half)
-        # Goal = tool0 at another random collision-free configuration: reachable by construction.
+        # Goal = the end effector at another random collision-free configuration: reachable by
+        # construction.
         q_goal = self.random_configuration(self._rng, min_ee_height=float(cfg.min_goal_height))
         goal = self.forward_kinematics(q_goal)
         self._goal_joints = q_goal
@@ -403,9 +464,10 @@ class ArmReachScene(Scene):
         if p.shape != (3,) or not np.all(np.isfinite(p)):
             raise CommandError(f'{self.name}: goal must be 3 finite numbers, got {p.tolist()}')
         dist = float(np.linalg.norm(p - self._shoulder))
+        centre = np.round(self._shoulder, 3).tolist()
         if p[2] < 0.0 or dist > self._reach + float(self.config.goal_tolerance):
             raise CommandError(f'{self.name}: goal {p.tolist()} is out of reach (z must be >= 0 '
-                               f'and within {self._reach:.3f} m of the shoulder, is {dist:.3f} m)')
+                               f'and within {self._reach:.3f} m of {centre}, is {dist:.3f} m)')
         self._place_goal(p)
         self._goal_joints = None
         mujoco.mj_kinematics(self._model, self._data)
@@ -489,7 +551,7 @@ class ArmReachScene(Scene):
 
     @property
     def goal_joints(self) -> np.ndarray | None:
-        """(J,) a configuration that puts tool0 on the goal, or None after ``set_goal``.
+        """(J,) a configuration that puts the end effector on the goal, or None after ``set_goal``.
 
         For goal images (render the arm there) and oracle controllers.
         """
