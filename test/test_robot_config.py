@@ -247,3 +247,42 @@ def test_sim_node_runs_the_robot_config(ros_node, ros_process, wait_for):
     target = [0.3, 0.5, -0.4, 0.2, 1.0]
     forward.publish(Float64MultiArray(data=target))
     assert wait_for(lambda: np.abs(np.array(joints[-1].position) - target).max() < 0.02, 30.0)
+
+
+def test_stack_configs_take_the_robot_urdf_and_end_effector():
+    """What bringup and the launch file give the nodes: ``robot`` -> URDF, joints, tool."""
+    from ami_ros.config import joint_names_for, load_scene_config
+
+    cfg = load_scene_config('arm_reach', robot=BOOM5)
+    assert cfg.world_model.robot == str(BOOM5) and cfg.planner.model_name == 'boom5'
+    assert joint_names_for(cfg.world_model) == BOOM5_JOINTS
+    assert cfg.limits().names == BOOM5_JOINTS
+    np.testing.assert_allclose(cfg.limits().upper, [2.8, 1.9, 2.3, 2.0, 2.9])
+    workspace = cfg.planner.workspace()
+    assert workspace.chain.tip_link == 'flange' and workspace.chain.joint_names == BOOM5_JOINTS
+    # without a robot: the scene's own arm, as before
+    own = load_scene_config('arm_reach')
+    assert own.planner.workspace().chain.tip_link == 'tool0' and own.planner.model_name == \
+        'arm_reach' and len(own.limits().names) == 4
+    with pytest.raises(ValueError, match="boom5.urdf: no link 'x'"):  # explicit tip_link wins
+        load_scene_config('arm_reach', robot=BOOM5, overrides={'planner': {'tip_link': 'x'}}
+                          ).planner.workspace()
+
+
+def test_training_renders_the_robot_for_the_reader_sweep_and_generated_episodes():
+    from ami_ros.cli.train import _apply_robot
+    from ami_ros.model.config import ConfigError, DataConfig, GenerateConfig, RunConfig
+    from ami_ros.train.dataset import episodes_from_scene
+    from ami_ros.train.reader import calibration_sweep
+
+    images, joints, ee = calibration_sweep('arm_reach', 3, 32, 0, robot=str(BOOM5))
+    assert images.shape == (3, 32, 32, 3) and joints.shape == (3, 5) and ee.shape == (3, 3)
+    cfg = RunConfig(data=DataConfig(generate=GenerateConfig(episodes=1, length=3,
+                                                            image_size=16)))
+    _apply_robot(cfg, 'boom5')
+    assert cfg.reader.sweep_robot == cfg.data.generate.robot and \
+        cfg.reader.sweep_robot.endswith('boom5.yaml')
+    (episode,) = episodes_from_scene(cfg.data.generate)
+    assert episode.joint_names == BOOM5_JOINTS
+    with pytest.raises(ConfigError, match="no robot config 'nope'"):
+        _apply_robot(cfg, 'nope')

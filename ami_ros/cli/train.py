@@ -30,6 +30,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--seed', type=int, default=None, help='overrides train.seed')
     parser.add_argument('--device', default=None, help="overrides train.device ('auto', 'cpu', "
                                                        "'cuda')")
+    parser.add_argument('--robot', default=None, metavar='FILE',
+                        help='robot config of the arm (a path, or a name in config/robots): the '
+                             'arm of the reader\'s calibration sweep and of generated episodes; '
+                             'overrides reader.sweep_robot and data.generate.robot')
     parser.add_argument('--resume', action='store_true',
                         help='continue from OUT/resume (model, optimizer, step, logs)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -51,6 +55,25 @@ def _apply_overrides(cfg, args) -> None:
     if args.val_data is not None:
         cfg.data = DataConfig(paths=cfg.data.paths, generate=cfg.data.generate,
                               val_paths=tuple(str(p) for p in args.val_data))
+    if args.robot:
+        _apply_robot(cfg, args.robot)
+
+
+def _apply_robot(cfg, robot: str) -> None:
+    """The arm of the calibration sweep and of generated episodes (ConfigError if bad)."""
+    import dataclasses
+
+    from ami_ros.model.config import ConfigError
+    from ami_ros.robot_config import RobotError, load_robot
+
+    try:
+        path = str(load_robot(robot).source)
+    except RobotError as e:
+        raise ConfigError(str(e)) from None
+    cfg.reader = dataclasses.replace(cfg.reader, sweep_robot=path)
+    if cfg.data.generate is not None:
+        cfg.data = dataclasses.replace(
+            cfg.data, generate=dataclasses.replace(cfg.data.generate, robot=path))
 
 
 def load_data(cfg, progress: bool):

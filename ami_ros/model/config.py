@@ -448,6 +448,9 @@ class ReaderTrainConfig:
     """Peak AdamW learning rate (one-cycle schedule)."""
     sweep_scene: str = ''
     """Built-in scene rendering the calibration sweep ('' = no sweep)."""
+    sweep_robot: str = ''
+    """Robot config of the arm the sweep renders (a YAML path, or a name in config/robots such
+    as boom5; sweep_scene arm_reach); '' = the scene's own arm. ``ami-ros train --robot``."""
     sweep_frames: int = 30000
     """Number of calibration-sweep frames."""
     sweep_seed: int = 1
@@ -470,6 +473,9 @@ class GenerateConfig:
 
     scene: str = 'arm_reach'
     """A scene of ``ami_ros.sim.make_scene``, or ``dot`` (a tiny analytic test world)."""
+    robot: str = ''
+    """Robot config of the arm (scene arm_reach; a YAML path or a shipped name); '' = the
+    scene's own arm."""
     episodes: int = 40
     """Number of episodes."""
     length: int = 100

@@ -68,7 +68,8 @@ def episodes_from_scene(config: GenerateConfig, progress: bool = False) -> list[
         return make_dot_episodes(config.episodes, config.length, config.image_size, config.seed)
     from ami_ros.sim import SceneConfig, make_scene
 
-    scene = make_scene(config.scene, SceneConfig(image_size=config.image_size, seed=config.seed))
+    scene = make_scene(config.scene, SceneConfig(image_size=config.image_size, seed=config.seed),
+                       robot=config.robot or None)
     episodes = []
     it = range(config.episodes)
     if progress:

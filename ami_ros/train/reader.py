@@ -24,12 +24,16 @@ from ami_ros.train.dataset import episode_ee
 log = logging.getLogger(__name__)
 
 
-def calibration_sweep(scene_name: str, frames: int, image_size: int, seed: int
+def calibration_sweep(scene_name: str, frames: int, image_size: int, seed: int, robot: str = ''
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(images (N, S, S, 3) uint8, joints (N, J), ee (N, 3)) of i.i.d. goal-like postures."""
+    """(images (N, S, S, 3) uint8, joints (N, J), ee (N, 3)) of i.i.d. goal-like postures.
+
+    ``robot``: the robot config of the arm scene's arm ('' = the scene's own).
+    """
     from ami_ros.sim import SceneConfig, make_scene
 
-    scene = make_scene(scene_name, SceneConfig(image_size=image_size, seed=seed))
+    scene = make_scene(scene_name, SceneConfig(image_size=image_size, seed=seed),
+                       robot=robot or None)
     if not hasattr(scene, 'calibration_frame'):
         raise ValueError(f'reader.sweep_scene: scene {scene_name!r} has no calibration sweep')
     rng = np.random.default_rng(seed)
@@ -104,8 +108,9 @@ def train_reader(model: WorldModel, train_episodes: list[Episode], val_episodes:
         log.info('reader: rendering a %d-frame calibration sweep of %s', config.sweep_frames,
                  config.sweep_scene)
         sweep = calibration_sweep(config.sweep_scene, config.sweep_frames, size,
-                                  config.sweep_seed)
-        test_sweep = calibration_sweep(config.sweep_scene, 1000, size, config.sweep_seed + 10**6)
+                                  config.sweep_seed, config.sweep_robot)
+        test_sweep = calibration_sweep(config.sweep_scene, 1000, size, config.sweep_seed + 10**6,
+                                       config.sweep_robot)
     labels = _labels(model, joints, ee)
     sweep_labels = _labels(model, sweep[1], sweep[2]) if sweep is not None else None
     params = list(model.reader.parameters())
