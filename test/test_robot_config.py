@@ -286,3 +286,58 @@ def test_training_renders_the_robot_for_the_reader_sweep_and_generated_episodes(
     assert episode.joint_names == BOOM5_JOINTS
     with pytest.raises(ConfigError, match="no robot config 'nope'"):
         _apply_robot(cfg, 'nope')
+
+
+@pytest.mark.timeout(180)
+def test_bringup_drives_the_robot_of_its_config(ros_node, ros_process, wait_for, tmp_path):
+    """``sim`` and ``ami-ros bringup`` with ``--robot``/``robot:=``: the stack commands boom5.
+
+    A tiny boom5 model from collect + train (flags and files only); the sim in one process, the
+    stack in another; a goal pose (the sim's own goal, a flange position) makes the planner
+    send commands in boom5's joint names that the sim accepts, and the arm moves.
+    """
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2) is not installed')
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseStamped
+    from sensor_msgs.msg import JointState
+    from trajectory_msgs.msg import JointTrajectory
+
+    data, run, config = tmp_path / 'data', tmp_path / 'run', tmp_path / 'train.yaml'
+    config.write_text(yaml.safe_dump(TINY_TRAIN))
+    assert main(['collect', '--robot', str(BOOM5), '--episodes', '3', '--steps', '16',
+                 '--image-size', '32', '--out', str(data), '--no-progress', '--json']) == 0
+    assert main(['train', '--config', str(config), '--data', str(data), '--out', str(run),
+                 '--no-progress']) == 0
+
+    diags, joints, commands, goal = [], [], [], []
+    ros_node.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 10)
+    ros_node.create_subscription(JointState, 'joint_states', joints.append, 10)
+    ros_node.create_subscription(JointTrajectory, 'joint_trajectory_controller/joint_trajectory',
+                                 commands.append, 10)
+    ros_node.create_subscription(PoseStamped, '/sim/goal_pose', goal.append, 10)
+    goal_pub = ros_node.create_publisher(PoseStamped, 'ami/goal_pose', 10)
+
+    def status(name: str) -> dict[str, str]:
+        found = [s for d in diags for s in d.status if s.name.split(':')[0] == name]
+        return {kv.key: kv.value for kv in found[-1].values} if found else {}
+
+    ros_process(node_command('sim', 'ami_ros.nodes.sim') + [
+        '--ros-args', '-p', f'robot:={BOOM5}', '-p', 'image_size:=32', '-p', 'seed:=2'],
+        name='sim')
+    stack = ros_process(node_command('ami-ros', 'ami_ros.cli') + [
+        'bringup', '--robot', str(BOOM5), '--use-sim-time', '--ros-args', '-p',
+        f'model:={run}', '-p', 'planner:samples:=32', '-p', 'planner:elites:=4', '-p',
+        'planner:iterations:=1', '-p', 'planner:horizon:=3'], name='bringup')
+    assert wait_for(lambda: goal and joints and status('/planner').get('lifecycle_state') ==
+                    'active' and goal_pub.get_subscription_count() > 0, 90.0), \
+        f'stack not up: {status("/planner")}\n{stack.output()[-3000:]}'
+    q0 = np.array(joints[-1].position)
+    msg = PoseStamped()
+    msg.header.frame_id = 'world'
+    msg.pose.position = goal[-1].pose.position
+    goal_pub.publish(msg)
+    assert wait_for(lambda: int(status('sim').get('accepted_commands', 0)) >= 5, 30.0), \
+        f'sim: {status("sim")}\nplanner: {status("/planner")}\n{stack.output()[-3000:]}'
+    assert status('sim')['rejected_commands'] == '0'
+    assert tuple(commands[-1].joint_names) == BOOM5_JOINTS
+    assert wait_for(lambda: np.abs(np.array(joints[-1].position) - q0).max() > 0.02, 20.0)
