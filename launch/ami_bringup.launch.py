@@ -61,7 +61,8 @@ def ami_node(executable, share):
                 'scene': LaunchConfiguration('scene'),
                 'robot': ParameterValue(LaunchConfiguration('robot'), value_type=str),
                 'backend': LaunchConfiguration('backend'),
-                'use_sim_time': ParameterValue(LaunchConfiguration('use_sim'), value_type=bool),
+                'use_sim_time': ParameterValue(LaunchConfiguration('use_sim_time'),
+                                               value_type=bool),
             },
         ],
     )
@@ -91,6 +92,11 @@ def generate_launch_description():
             'use_sim', default_value='false', choices=['true', 'false'],
             description='Also start the built-in simulator (sim.launch.py) and run every node '
                         'on its /clock (use_sim_time).'),
+        DeclareLaunchArgument(
+            'use_sim_time', default_value=LaunchConfiguration('use_sim'),
+            choices=['true', 'false'],
+            description='Run the stack on /clock time; default: as use_sim. gazebo.launch.py '
+                        'sets it for Gazebo\'s clock.'),
         DeclareLaunchArgument(
             'sim_params_file', default_value=os.path.join(share, 'config', 'sim.yaml'),
             description='YAML with the parameters of the simulator node (rates, seed, frame '

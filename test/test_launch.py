@@ -62,7 +62,7 @@ def _declared(path: Path) -> dict[str, tuple[str, dict]]:
 def test_launch_arguments_are_declared_and_described():
     declared = _declared(LAUNCH)
     assert set(declared) == {'scene', 'robot', 'backend', 'params_file', 'sim_params_file',
-                             'use_sim', 'namespace'}
+                             'use_sim', 'use_sim_time', 'namespace'}
     assert set(_declared(SIM_LAUNCH)) == {'scene', 'robot', 'sim_params_file', 'namespace',
                                           'use_sim_time', 'image_size'}
     for name, (text, _) in declared.items():
@@ -97,7 +97,8 @@ def test_launch_nodes_are_installed_executables_built_by_one_helper():
     assert all(k in params[2] for k in ("'scene'", "'robot'", "'backend'", "'use_sim_time'"))
 
 
-@pytest.mark.parametrize('path', [LAUNCH, SIM_LAUNCH], ids=lambda p: p.name)
+@pytest.mark.parametrize('path', [LAUNCH, SIM_LAUNCH, REPO / 'launch' / 'gazebo.launch.py'],
+                         ids=lambda p: p.name)
 def test_launch_substitutions_work_on_jazzy_too(path):
     """No nested list inside PathJoinSubstitution: Kilted's launch accepts one, Jazzy's raises.
 
