@@ -86,7 +86,8 @@ def load_closed_loop(args, budgets=()):
         model, image_size, ckpt_path = None, SceneConfig.image_size, None
     else:
         model, image_size, ckpt_path = load_model(args, p.horizon, max([p.samples, *budgets]))
-    scene = make_scene(args.scene, SceneConfig(image_size=image_size, seed=args.seed),
+    hz = {} if robot is None else {'control_hz': robot.control_hz}  # the rate it was trained at
+    scene = make_scene(args.scene, SceneConfig(image_size=image_size, seed=args.seed, **hz),
                        robot=robot_file)
     if model is not None and scene.num_joints != model.action_dim:
         arm = f'robot {robot.name}' if robot is not None else f'scene {args.scene}'
