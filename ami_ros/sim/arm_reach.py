@@ -119,9 +119,19 @@ def _urdf_spec(path: Path) -> mujoco.MjSpec:
     are then looked up next to the URDF).
     """
     text = path.read_text()
-    if re.search(r'<compiler\b[^>]*discardvisual\s*=\s*"false"', text) and \
-            re.search(r'<compiler\b[^>]*fusestatic\s*=\s*"false"', text):
-        return mujoco.MjSpec.from_file(str(path))
+    try:
+        if re.search(r'<compiler\b[^>]*discardvisual\s*=\s*"false"', text) and \
+                re.search(r'<compiler\b[^>]*fusestatic\s*=\s*"false"', text):
+            return mujoco.MjSpec.from_file(str(path))
+        return mujoco.MjSpec.from_string(_with_mujoco_tag(text, path))
+    except ValueError as e:
+        raise RobotError(f'{path}: MuJoCo cannot read this URDF: {e} (mesh files are looked up '
+                         f'by their file name next to the URDF, or in <mujoco><compiler '
+                         f'meshdir=".."/></mujoco>)') from None
+
+
+def _with_mujoco_tag(text: str, path: Path) -> str:
+    """The URDF text with <mujoco><compiler discardvisual="false" fusestatic="false"/>."""
     import xml.etree.ElementTree as ET
 
     root = ET.fromstring(text)
@@ -134,10 +144,7 @@ def _urdf_spec(path: Path) -> mujoco.MjSpec:
     compiler.set('discardvisual', 'false')
     compiler.set('fusestatic', 'false')
     compiler.set('meshdir', compiler.get('meshdir', str(path.parent)))
-    try:
-        return mujoco.MjSpec.from_string(ET.tostring(root, encoding='unicode'))
-    except ValueError as e:
-        raise RobotError(f'{path}: MuJoCo cannot read this URDF: {e}') from None
+    return ET.tostring(root, encoding='unicode')
 
 
 def _look_at_quat(pos, target) -> np.ndarray:
@@ -272,7 +279,10 @@ class ArmReachScene(Scene):
         cam.quat = _look_at_quat(cam.pos, list(camera.look_at))
         cam.fovy = self.camera_fovy_deg
         self._add_goal_marker(world)
-        model = spec.compile()
+        try:
+            model = spec.compile()
+        except ValueError as e:  # e.g. a massless moving body: MuJoCo's words, and the file
+            raise RobotError(f'{path}: MuJoCo cannot build the arm: {e}') from None
         self._check_model(model, path)
         # Servo gains from the largest joint-space inertia over the joint ranges (critically
         # damped there, overdamped elsewhere: no overshoot beyond the rate-limited setpoint).
