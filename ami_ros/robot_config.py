@@ -13,7 +13,8 @@ reaching for a goal point, :mod:`ami_ros.sim.arm_reach`), ``ami-ros collect``, `
     goal_marker: true             # draw the green goal point (and its shadow)
     camera: {pos: [0.95, -0.7, 1.3], look_at: [0.0, 0.0, 0.2], fovy: 55.0}
 
-:func:`load_robot` reads and checks the file and the URDF it names with yourdfpy: a missing
+:func:`load_robot` also takes a bare URDF (:func:`robot_from_urdf`: defaults for every key).
+It reads and checks the file and the URDF it names with yourdfpy: a missing
 end-effector link, joints without limits, moving links without inertia or an arm without visual
 geometry are :class:`RobotError` naming the file and the fix. The MuJoCo side (visuals kept,
 rendered) is checked when the scene is built.
@@ -77,14 +78,15 @@ def robot_path(robot: str | Path) -> Path:
     if not text:
         raise RobotError('no robot config given')
     path = Path(text).expanduser()
-    if path.suffix in ('.yaml', '.yml') or '/' in text:
+    if path.suffix in ('.yaml', '.yml', '.urdf') or '/' in text:
         if not path.is_file():
             raise RobotError(f'{path}: robot config not found')
         return path.resolve()
     shipped = config_path(f'robots/{text}.yaml')
     if not shipped.is_file():
         known = sorted(p.stem for p in config_path('robots').glob('*.yaml'))
-        raise RobotError(f'no robot config {text!r}: give a YAML file, or one of {known}')
+        raise RobotError(f'no robot config {text!r}: give a YAML file (or a URDF), or one of '
+                         f'{known}')
     return shipped
 
 
@@ -169,13 +171,48 @@ def load_robot(robot: str | Path | RobotConfig) -> RobotConfig:
     if isinstance(robot, RobotConfig):
         return robot
     path = robot_path(robot)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise RobotError(f'{path}: cannot read the robot config: {e}') from None
-    config = parse_robot(data, path)
+    if path.suffix == '.urdf':
+        config = robot_from_urdf(path)
+    else:
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise RobotError(f'{path}: cannot read the robot config: {e}') from None
+        config = parse_robot(data, path)
     chain_joints(config)  # the URDF checks
     return config
+
+
+ARM_REACH_LENGTH = 0.9
+"""Root-to-tool length of urdf/arm_reach.urdf (m), whose view the default camera frames."""
+
+
+def robot_from_urdf(path: Path) -> RobotConfig:
+    """The robot config of a bare URDF (``--robot arm.urdf``): defaults a config file would set.
+
+    Its name, the end of its one longest chain as the end effector, and arm_reach's camera
+    scaled to the chain's length (root to tool at zero angles), so the whole reach is in view.
+    """
+    try:
+        chain = Chain(path)
+    except UrdfError as e:
+        raise RobotError(f'{e}; or write a robot config that names end_effector '
+                         f'(config/robots/arm_reach.yaml shows the keys)') from None
+    length = sum(float(np.linalg.norm(np.asarray(j.origin)[:3, 3])) for j in chain.joints
+                 if j.origin is not None)
+    scale = max(length, 0.05) / ARM_REACH_LENGTH
+    default = CameraConfig()
+    camera = CameraConfig(tuple(scale * v for v in default.pos),
+                          tuple(scale * v for v in default.look_at), default.fovy)
+    return RobotConfig(name=_load_path(path).robot.name or path.stem, urdf=path.resolve(),
+                       end_effector=chain.tip_link, camera=camera, source=path.resolve())
+
+
+def _load_path(path: Path):
+    try:
+        return load_urdf(path)
+    except UrdfError as e:
+        raise RobotError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -153,6 +153,26 @@ def test_urdf_without_the_mujoco_tag_still_shows_the_arm(tmp_path):
         scene.close()
 
 
+def test_a_bare_urdf_is_a_robot_too(tmp_path, capsys):
+    """``--robot arm.urdf``: its name, the end of its chain, a camera scaled to its length."""
+    urdf = tmp_path / 'bare.urdf'
+    urdf.write_text(re.sub(r'<mujoco>.*?</mujoco>', '', BOOM5_URDF, flags=re.S))
+    robot = load_robot(urdf)
+    assert (robot.name, robot.end_effector, robot.urdf) == ('boom5', 'flange', urdf)
+    np.testing.assert_allclose(robot.camera.pos, np.array([0.95, -0.7, 1.3]) * 0.92 / 0.9)
+    out = tmp_path / 'data'
+    assert main(['collect', '--robot', str(urdf), '--episodes', '1', '--steps', '12',
+                 '--image-size', '32', '--out', str(out), '--no-progress', '--json']) == 0
+    assert json.loads(capsys.readouterr().out)['frames'] == 12  # the frame check passed
+    assert [p.name for p in out.iterdir()] == ['boom5_0_0000']
+    two_tips = BOOM5_URDF.replace('<link name="flange"/>', '<link name="flange"/>\n  <link '
+                                  'name="camera_link"/>\n  <joint name="cam" type="fixed"><parent '
+                                  'link="hand"/><child link="camera_link"/></joint>')
+    urdf.write_text(two_tips)
+    with pytest.raises(RobotError, match='cannot pick the tip link.*write a robot config'):
+        load_robot(urdf)
+
+
 def test_collect_refuses_frames_that_do_not_show_the_arm(tmp_path, capsys):
     """A camera looking away: identical frames while the joints move -> no bag, rc 1."""
     path = _robot(tmp_path, BOOM5_URDF, camera={'pos': [0.0, 0.0, 3.0],

@@ -60,8 +60,9 @@ def add_robot_argument(parser: argparse.ArgumentParser) -> None:
     """``--robot FILE``: the arm of the arm scene as a robot config (ami_ros.robot_config)."""
     parser.add_argument('--robot', default=None, metavar='FILE',
                         help='robot config of an arm (YAML: URDF, end effector, joints, camera; '
-                             'a path, or the name of one in config/robots such as boom5); '
-                             'runs the arm scene arm_reach with that arm')
+                             'a path, or the name of one in config/robots such as boom5; or a '
+                             'bare URDF: the end of its chain is the end effector); runs the '
+                             'arm scene arm_reach with that arm')
 
 
 def robot_of(args):
