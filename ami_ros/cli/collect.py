@@ -111,7 +111,7 @@ def add_parser(parser) -> None:
     add_robot_argument(parser)
     parser.add_argument('--episodes', type=int, default=10, help='episodes to record, one bag each')
     parser.add_argument('--out', type=Path, required=True,
-                        help='directory for the bags (<scene>_<seed>_<episode>/)')
+                        help='directory for the bags (<scene or robot name>_<seed>_<episode>/)')
     parser.add_argument('--seed', type=int, default=0,
                         help='seed of episode 0; episode i uses seed+i')
     parser.add_argument('--steps', type=int, default=100, help='control steps (frames) per episode')
