@@ -122,3 +122,26 @@ def test_the_sim_node_refuses_an_effort_scene_clearly():
 
     with pytest.raises(ValueError, match='takes joint efforts'):
         SimNodeConfig(scene='reacher')
+
+
+def test_the_shipped_reacher_model_plans_on_the_scene_at_its_own_image_size():
+    """models/reacher (96 px, 2 effort dimensions) loads by name and plans one step."""
+    from ami_ros.agent import Agent
+    from ami_ros.config import load_scene_config
+    from ami_ros.model.checkpoint import load_checkpoint
+    from ami_ros.safety import Limits
+
+    model = load_checkpoint('reacher', device='cpu')  # checks the weights' sha256
+    assert model.input_size == 96 and model.action_dim == 2
+    sc = make_scene('reacher', SceneConfig(image_size=model.input_size, seed=3))
+    cfg = load_scene_config('reacher')
+    limits = Limits(('joint0', 'joint1'), sc.lower, sc.upper, np.asarray(sc.velocity_limit))
+    agent = Agent(model, cfg.mpc(limits), position=False)
+    goal = sc.render()
+    assert goal.shape == (96, 96, 3)
+    agent.set_goal_image(goal)
+    agent.observe(sc.render(), 0.0, sc.hold_command(), joints=sc.joint_positions)
+    command, info = agent.act(sc.joint_positions, 0.0)
+    sc.close()
+    assert info['plan_ms'] > 0.0
+    assert command.shape == (2,) and np.all(np.abs(command) <= 1.0)
