@@ -193,7 +193,9 @@ def run(args) -> int:
     robot_name = getattr(scene, 'robot_name', None)
     out = args.out or Path('runs') / 'eval-plan' / (robot_name or args.scene)
     plots = [str(plot_success(methods, budgets, out / 'success.png',
-                              f'{args.scene}: {args.episodes} goals, {ecfg.steps} steps'))]
+                              f'{args.scene}: {args.episodes} goals, {ecfg.steps} steps',
+                              oracle_rollouts=ecfg.oracle_samples * ecfg.oracle_iterations,
+                              success_at=ecfg.success_at))]
     first = next(iter(results.values()))
     if first and first[0].frames:
         name = next(iter(results))

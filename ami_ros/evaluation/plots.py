@@ -16,10 +16,12 @@ def _pyplot():
     return plt
 
 
-def plot_success(methods: dict, budgets: list, path: Path, title: str) -> Path:
+def plot_success(methods: dict, budgets: list, path: Path, title: str,
+                 oracle_rollouts: Optional[int] = None, success_at: str = 'end') -> Path:
     """Success rate vs control step per method (left), and vs planning budget (right).
 
-    The budget is in rollouts per plan (samples x iterations) of the world-model planner.
+    The budget is in rollouts per plan (samples x iterations) of the world-model planner; the
+    oracle's (simulator rollouts, ``oracle_rollouts``) is marked beside it when it ran.
     """
     plt = _pyplot()
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -39,8 +41,17 @@ def plot_success(methods: dict, budgets: list, path: Path, title: str) -> Path:
             ax1.annotate(f"{b['plan_ms_p50']:.0f} ms", (b['rollouts_per_plan'], b['success_rate']),
                          textcoords='offset points', xytext=(4, -12), fontsize=8)
         ax1.set_xscale('log')
+    if oracle_rollouts and 'oracle' in methods:
+        m = methods['oracle']
+        ax1.plot([oracle_rollouts], [m['success_rate']], '*', markersize=11,
+                 label='oracle (simulator)')
+        ax1.annotate(f"{m['plan_ms_p50']:.0f} ms", (oracle_rollouts, m['success_rate']),
+                     textcoords='offset points', xytext=(4, -12), fontsize=8)
+    if budgets or (oracle_rollouts and 'oracle' in methods):
+        ax1.legend(loc='lower right')
     ax1.set_xlabel('planning budget (rollouts per plan)')
-    ax1.set_ylabel('success rate at the end')
+    ax1.set_ylabel('success rate (at any step)' if success_at == 'any'
+                   else 'success rate at the end')
     ax1.set_ylim(-0.02, 1.02)
     ax1.grid(alpha=0.3)
     fig.suptitle(title)
