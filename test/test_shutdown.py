@@ -201,3 +201,31 @@ def test_node_processes_exit_within_2_s_of_sigint(ros_node, ros_process, wait_fo
     results = _run_launches('per-node', PER_NODE_LAUNCHES, ros_node, ros_process, wait_for,
                             tmp_path, tiny_arm_model)
     _report('per-node processes', results)
+
+
+def test_a_stop_that_hangs_still_ends_the_process():
+    """The watchdog of StopSignals ends a process whose main thread never answers the signal."""
+    import subprocess
+    import sys
+
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2) is not installed')
+    code = ('import time\n'
+            'from ami_ros.nodes.common import StopSignals\n'
+            'stop = StopSignals(grace=0.5)\n'
+            "print('ready', flush=True)\n"
+            'time.sleep(60)  # a main thread stuck: it never checks stop.requested\n'
+            "print('not reached', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout.readline().strip() == 'ready', proc.stderr.read()
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=10.0)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0 and 0.4 <= elapsed <= 5.0, (code, elapsed)
+    assert 'not finished: exiting now' in proc.stderr.read()
+    assert 'not reached' not in proc.stdout.read()

@@ -30,8 +30,11 @@ import functools
 import gc
 import inspect
 import math
+import os
 import signal
+import sys
 import textwrap
+import threading
 import time
 import typing
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
@@ -549,15 +552,38 @@ class StopSignals:
     (:func:`spin_until_stopped`) sees it within one poll, and the main thread stops the
     executor, destroys the nodes and shuts rclpy down in that order. A second signal raises
     ``KeyboardInterrupt`` (a start-up that does not reach the loop still stops).
+
+    A stop never hangs: the signal also wakes a watchdog thread (through
+    :func:`signal.set_wakeup_fd`, written by the C-level handler even while the main thread is
+    stuck inside a C call), and a process still running ``grace`` seconds after the first signal
+    says so on stderr and exits with code 0 (a shutdown in DDS that did not return was seen once
+    in 45 node processes stopped under load: killed after 15 s).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    GRACE_S = 1.5
+    """Seconds the orderly stop has before the watchdog ends the process (normal: 0.3-1.0 s)."""
 
-    def __init__(self):
+    def __init__(self, grace: float = GRACE_S):
         self.requested: int | None = None
+        self.grace = float(grace)
         for sig in self.SIGNALS:
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 signal.signal(sig, self._on_signal)
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        threading.Thread(target=self._watchdog, args=(read,), name='stop-watchdog',
+                         daemon=True).start()
+
+    def _watchdog(self, fd: int) -> None:
+        while os.read(fd, 1)[0] not in self.SIGNALS:  # another signal (SIGCHLD, ...)
+            pass
+        time.sleep(self.grace)
+        sys.stderr.write(f'stop requested {self.grace:.1f} s ago and not finished: exiting '
+                         f'now (pid {os.getpid()})\n')
+        sys.stderr.flush()
+        os._exit(0)
 
     def _on_signal(self, signum, frame) -> None:
         if self.requested is not None:
