@@ -209,11 +209,11 @@ def test_a_stop_that_hangs_still_ends_the_process():
     import sys
 
     pytest.importorskip('rclpy', reason='rclpy (ROS 2) is not installed')
-    code = ('import time\n'
+    code = ('import threading\n'
             'from ami_ros.nodes.common import StopSignals\n'
             'stop = StopSignals(grace=0.5)\n'
             "print('ready', flush=True)\n"
-            'time.sleep(60)  # a main thread stuck: it never checks stop.requested\n'
+            'threading.Event().wait()  # a main thread stuck: it never checks stop.requested\n'
             "print('not reached', flush=True)\n")
     proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO)
