@@ -218,7 +218,11 @@ class PlannerNodeConfig(ModelNodeConfig):
     planner: str = _p('cem', choices=('cem', 'mppi'))
     """Sampling planner: cem or mppi."""
     horizon: int = _p(8, 1, 200)
-    """Plan length in control steps."""
+    """Plan length in planned actions (control steps, or blocks of ``action_block`` steps)."""
+    action_block: int = _p(1, 1, 50)
+    """Control steps each planned action is held (frameskip): the plan looks horizon x
+    action_block steps ahead for the search cost of horizon actions; the planner still plans
+    every control step."""
     samples: int = _p(200, 2, 100000)
     """Candidate action sequences per iteration."""
     iterations: int = _p(4, 1, 100)
@@ -321,7 +325,8 @@ class PlannerNodeConfig(ModelNodeConfig):
         planning = PlannerConfig(
             action_dim=limits.size, horizon=self.horizon, n_samples=self.samples,
             iterations=self.iterations, n_elites=self.elites, temperature=self.temperature,
-            init_std=self.init_std, min_std=self.min_std, momentum=self.momentum, seed=self.seed)
+            init_std=self.init_std, min_std=self.min_std, momentum=self.momentum, seed=self.seed,
+            action_block=self.action_block)
         dt = 1.0 / self.rate_hz
         return MPCConfig(
             planning=planning, planner=self.planner, metric=self.metric,

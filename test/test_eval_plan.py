@@ -198,3 +198,41 @@ def test_protocols_come_from_the_scene_file():
     assert name == 'swm' and cfg.success_at == 'any' and not cfg.require_coverage
     assert (cfg.goal_steps, cfg.steps) == (25, 50)
     assert load_scene_config('reacher').eval_protocol()[0] == 'swm'  # its only one
+
+
+def test_oracle_holds_each_planned_action_for_its_block_and_replans_every_block():
+    """The benchmarks' planning on the simulator: actions held k steps, a plan every k steps."""
+    from ami_ros.config import load_scene_config
+    from ami_ros.evaluation import plan_eval as pe
+    from ami_ros.safety import Limits
+    from ami_ros.sim import SceneConfig, make_scene
+
+    scene = make_scene('pusht', SceneConfig(image_size=32, seed=3))
+    cfg = load_scene_config('pusht')
+    limits = Limits(('x', 'y'), scene.lower, scene.upper, np.asarray(scene.velocity_limit))
+    mpc = cfg.mpc(limits)
+    ecfg = pe.PlanEvalConfig(steps=6, goal_steps=5, success_at='any', require_coverage=False,
+                             oracle_samples=4, oracle_iterations=1, oracle_horizon=2,
+                             oracle_action_block=3, oracle_replan_every=3, oracle_init_std=0.1)
+    oracle = pe.OraclePolicy(scene, mpc, ecfg)
+    start, goal = pe.make_goal(scene, np.random.default_rng(0), ecfg)
+    pe.reset_to(scene, start, goal)
+    oracle.begin(goal)
+    sent, plans = [], 0
+    for t in range(6):
+        target, ms = oracle(scene.render(), scene.joint_positions, 0.1 * t, scene.target)
+        sent.append(target)
+        plans += ms is not None
+        scene.set_target(target)
+        scene.step()
+    assert plans == 2                                   # a plan every 3 steps
+    np.testing.assert_array_equal(sent[0], sent[1])     # the block's action, held
+    np.testing.assert_array_equal(sent[1], sent[2])
+    np.testing.assert_array_equal(sent[3], sent[5])
+    # each plan: (4 samples x 1 iteration + the final mean) x 2 actions x 3 steps
+    assert oracle.dynamics.steps == 2 * 5 * 2 * 3
+    oracle.close()
+    with pytest.raises(ValueError, match='oracle_replan_every'):
+        pe.PlanEvalConfig(oracle_action_block=3, oracle_replan_every=4)
+    with pytest.raises(ValueError, match='oracle_init_std'):
+        pe.PlanEvalConfig(oracle_init_std=0.0)

@@ -320,6 +320,7 @@ def test_params_files_match_the_node_configs(extra):
     assert 'scene' not in blocks[0]['/**']['ros__parameters']
     agent_keys = {'planner', 'horizon', 'samples', 'iterations', 'elites', 'temperature',
                   'init_std', 'min_std', 'momentum', 'seed', 'metric', 'terminal_weight',
+                  'action_block',
                   'running_weight', 'smoothness_weight', 'probe_weight', 'visual_weight',
                   'ee_weight', 'joint_weight', 'command_weight', 'gain', 'history',
                   'max_advance', 'surprise_threshold', 'surprise_window', 'reset_threshold',

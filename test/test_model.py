@@ -143,6 +143,40 @@ def test_vit_encoder_gives_tokens_and_latents_and_trains():
     assert WorldModel(tiny_config()).encode_tokens(img).shape == (3, 16, 8)  # CNN: 4x4 map, 8 ch
 
 
+def test_keypoint_encoder_latent_is_image_positions_and_round_trips(tmp_path):
+    """encoder: keypoints -> the latent is K (x, y) image positions in [-scale, scale]."""
+    from ami_ros.model.config import KeypointEncoderConfig
+
+    torch.manual_seed(0)
+    model = WorldModel(tiny_config(encoder='keypoints', latent_dim=8,
+                                   keypoints=KeypointEncoderConfig(channels=(8, 8), scale=3.0)))
+    img = torch.zeros((2, 16, 16, 3), dtype=torch.uint8)
+    img[0, 2:5, 2:5] = 255                                    # a bright patch top left ...
+    img[1, 11:14, 11:14] = 255                                # ... and bottom right
+    z = model.encode(img)
+    assert z.shape == (2, 8) and bool((z.abs() <= 3.0).all())
+    assert model.encode_tokens(img).shape[-1] == 4            # heat maps as tokens
+    # heat maps that peak on the bright patch put every keypoint there
+    with torch.no_grad():
+        conv = model.encoder.points.conv
+        for layer in conv:
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        conv[0].weight[:, :3, 2, 2] = 1.0                     # brightness, centre tap
+        conv[2].weight[:, :, 1, 1] = torch.eye(8)
+        conv[-1].weight[:, 0, 0, 0] = 50.0
+    z = model.encode(img)
+    x, y = z[:, :4], z[:, 4:]
+    assert bool((x[0] < -0.5).all() and (y[0] < -0.5).all())  # top left: negative x, y
+    assert bool((x[1] > 0.5).all() and (y[1] > 0.5).all())
+    save_checkpoint(model, tmp_path / 'kp')
+    again = load_checkpoint(tmp_path / 'kp')
+    torch.testing.assert_close(again.encode(img), z)
+    with pytest.raises(ConfigError, match='even'):
+        tiny_config(encoder='keypoints', latent_dim=7)
+
+
 def test_probe_outputs_physical_units_and_angles_wrap():
     model = tiny_model()
     out = model.probe(torch.randn(5, 8))

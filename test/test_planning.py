@@ -178,6 +178,48 @@ def test_warm_start_default_is_the_last_plan_shifted():
     assert not planner.plan(torch.zeros(2, device=DEVICE), integrator, cost).info['warm_start']
 
 
+def test_action_blocks_hold_each_action_and_score_block_ends():
+    """action_block k: the dynamics see every action held k steps, the cost the block ends."""
+    k, h = 3, 4
+    seen = {}
+
+    def dynamics(x, actions):
+        seen['actions'] = actions
+        seen['rolled'] = integrator(x, actions)
+        return seen['rolled']
+
+    def cost(predicted, actions):
+        seen['scored'] = predicted
+        return (predicted[:, -1] - 6.0).square().sum(-1)
+
+    cfg = config(horizon=h, action_block=k, init_std=1.0, n_samples=128, iterations=6)
+    planner = make_planner('cem', cfg)
+    result = planner.plan(torch.zeros(2, device=DEVICE), dynamics, cost)
+    acts = seen['actions']
+    assert acts.shape[1:] == (h * k, 2)
+    blocks = acts.reshape(acts.shape[0], h, k, 2)
+    assert bool((blocks == blocks[:, :, :1]).all())             # each action held k steps
+    torch.testing.assert_close(seen['scored'], seen['rolled'][:, k - 1::k])
+    assert result.actions.shape == (h, 2) and result.predicted.shape == (h, 2)
+    # 12 steps reach 6 with actions near 0.5: the plan covers h * k steps
+    assert float((result.predicted[-1] - 6.0).abs().max()) < 0.5
+    # warm start: the previous plan advances one block after k plans (one per control step)
+    cfg = config(horizon=h, action_block=k, n_samples=2, iterations=1, n_elites=1,
+                 init_std=1e-6)
+    planner = make_planner('cem', cfg)
+    cost0 = latent_goal_cost(torch.zeros(2, device=DEVICE), metric='l2')
+    prev = torch.arange(8.0, device=DEVICE).reshape(h, 2) / 10
+    first = planner.plan(torch.zeros(2, device=DEVICE), integrator, cost0, prev_plan=prev).actions
+    torch.testing.assert_close(first, torch.cat([prev[1:], prev[-1:]]), atol=1e-4, rtol=0)
+    plans = [planner.plan(torch.zeros(2, device=DEVICE), integrator, cost0).actions
+             for _ in range(k)]
+    for p in plans[:k - 1]:                                     # within the block: unshifted
+        torch.testing.assert_close(p, first, atol=1e-4, rtol=0)
+    torch.testing.assert_close(plans[-1], torch.cat([first[1:], first[-1:]]), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match='action_block'):
+        PlannerConfig(action_dim=2, action_block=0)
+
+
 def test_bad_configuration_and_arguments_are_named():
     with pytest.raises(ValueError, match='n_elites'):
         PlannerConfig(action_dim=2, n_samples=10, n_elites=20)

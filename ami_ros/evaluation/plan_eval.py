@@ -75,13 +75,22 @@ class PlanEvalConfig:
     oracle_iterations: int = 2
     """Oracle planner: iterations per plan."""
     oracle_horizon: int = 5
-    """Oracle planner: horizon (steps)."""
+    """Oracle planner: horizon, in planned actions (each held ``oracle_action_block`` steps)."""
+    oracle_action_block: int = 1
+    """Oracle planner: control steps each planned action is held (the benchmarks' frameskip:
+    a horizon of 5 blocks of 5 looks 25 steps ahead for the search cost of 5)."""
+    oracle_replan_every: int = 1
+    """Oracle: control steps between plans; the plan's actions run in between, each for its
+    block (the benchmarks' receding horizon: one block)."""
+    oracle_init_std: Optional[float] = None
+    """Oracle planner: initial sampling std per action dimension, in action units (None: the
+    planner block's ``init_std``). Pushing needs wide first samples: the way round the T."""
     oracle_episodes: Optional[int] = None
     """Run the oracle on only the first N episodes (it is slow); None = all."""
 
     def __post_init__(self):
         for name in ('steps', 'goal_steps', 'oracle_samples', 'oracle_iterations',
-                     'oracle_horizon'):
+                     'oracle_horizon', 'oracle_action_block', 'oracle_replan_every'):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f'eval.{name} must be >= 1, got {getattr(self, name)}')
         if int(self.oracle_samples) < 2:
@@ -97,6 +106,13 @@ class PlanEvalConfig:
         if self.oracle_planner not in ('cem', 'mppi'):
             raise ValueError(f"eval.oracle_planner must be 'cem' or 'mppi', "
                              f'got {self.oracle_planner!r}')
+        if int(self.oracle_replan_every) != 1 and \
+                int(self.oracle_replan_every) % int(self.oracle_action_block):
+            raise ValueError(f'eval.oracle_replan_every must be 1 or a multiple of '
+                             f'oracle_action_block={self.oracle_action_block}, '
+                             f'got {self.oracle_replan_every}')
+        if self.oracle_init_std is not None and not 0.0 < float(self.oracle_init_std) < math.inf:
+            raise ValueError(f'eval.oracle_init_std must be > 0, got {self.oracle_init_std}')
         if self.oracle_episodes is not None and int(self.oracle_episodes) < 0:
             raise ValueError(f'eval.oracle_episodes must be >= 0, got {self.oracle_episodes}')
 
@@ -226,14 +242,21 @@ class OraclePolicy:
             mpc.planning, n_samples=int(cfg.oracle_samples), iterations=int(cfg.oracle_iterations),
             horizon=int(cfg.oracle_horizon),
             n_elites=max(2, min(int(mpc.planning.n_elites), int(cfg.oracle_samples) // 4)))
+        planning = dataclasses.replace(planning, action_block=int(cfg.oracle_action_block))
+        if cfg.oracle_init_std is not None:
+            planning = dataclasses.replace(
+                planning, init_std=(float(cfg.oracle_init_std),) * int(planning.action_dim))
         self.planner = make_planner(cfg.oracle_planner, planning)
         self.model = model
+        self.block, self.replan_every = int(cfg.oracle_action_block), int(cfg.oracle_replan_every)
         self.dynamics = TrueDynamics(scene.name, scene.config,
                                      None if model is None else model.encode)
         self.cost = None
+        self._plan, self._age = None, 0  # the plan in force and control steps since it was made
 
     def begin(self, goal: Goal) -> None:
         self.planner.reset()
+        self._plan = None
         if self.model is None:
             self.cost = latent_goal_cost(torch.as_tensor(goal.features), 'euclidean',
                                          self.config.terminal_weight, self.config.running_weight)
@@ -244,12 +267,24 @@ class OraclePolicy:
                                      self.config.terminal_weight, self.config.running_weight)
 
     def __call__(self, image, q, stamp, executed) -> tuple[np.ndarray, float]:
+        """The plan's action for this step; a new plan every ``oracle_replan_every`` steps."""
+        if self._plan is not None and self._age < self.replan_every:
+            i = min(self._age // self.block, len(self._plan) - 1)
+            self._age += 1
+            return self._plan[i].astype(np.float64), None  # no plan made at this step
         t0 = time.perf_counter()
         hold = self.scene.hold_command()
+        # replanning every m blocks: the previous plan is m blocks further on (the planner
+        # shifts it by one more); replanning every step, the planner counts the blocks itself
+        m = self.replan_every // self.block
+        prev = None if self._plan is None or self.replan_every == 1 else \
+            torch.as_tensor(self._plan[m - 1:])
         result = self.planner.plan(torch.as_tensor(self.scene.get_state()), self.dynamics,
-                                   self.cost, current_action=torch.as_tensor(executed),
+                                   self.cost, prev_plan=prev,
+                                   current_action=torch.as_tensor(executed),
                                    hold_action=torch.as_tensor(hold))
-        return result.actions[0].numpy().astype(np.float64), 1e3 * (time.perf_counter() - t0)
+        self._plan, self._age = result.actions.numpy(), 1
+        return self._plan[0].astype(np.float64), 1e3 * (time.perf_counter() - t0)
 
     def close(self) -> None:
         self.dynamics.close()
@@ -282,7 +317,8 @@ def run_episode(scene: Scene, policy, goal: Goal, cfg: PlanEvalConfig,
         target, ms = policy(image, scene.joint_positions, t * dt, scene.target)
         scene.set_target(np.clip(target, scene.lower, scene.upper))  # float32 rounding
         scene.step()
-        plan_ms.append(ms)
+        if ms is not None:  # None: the step ran an earlier plan (no planning time to count)
+            plan_ms.append(ms)
         ok = judge(scene, goal, cfg)[0]
         curve.append(ok)
         if ok and first is None:

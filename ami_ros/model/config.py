@@ -46,6 +46,31 @@ class CNNConfig:
 
 
 @dataclass
+class KeypointEncoderConfig:
+    """The ``keypoints`` encoder: heat maps -> spatial softmax -> image positions as the latent.
+
+    The latent has ``latent_dim`` = 2K entries (K keypoints, x then y), each in
+    [-scale, scale] across the image.
+    """
+
+    channels: tuple[int, ...] = (32, 32, 32, 32)
+    """Output channels of the CoordConv layers (the first 5x5, the second with stride 2)."""
+    first_stride: int = 2
+    """Stride of the first convolution (1 or 2)."""
+    scale: float = 3.0
+    """Image half-width in latent units: positions span [-scale, scale], so that the
+    anti-collapse term's unit spread per dimension is reachable."""
+
+    def __post_init__(self):
+        self.channels = tuple(int(c) for c in self.channels)
+        _check(len(self.channels) >= 2 and all(1 <= c <= 1024 for c in self.channels),
+               'keypoints.channels', self.channels, 'must be >= 2 counts in [1, 1024]')
+        _check(self.first_stride in (1, 2), 'keypoints.first_stride', self.first_stride,
+               'must be 1 or 2')
+        _check(0 < self.scale <= 100, 'keypoints.scale', self.scale, 'must be in (0, 100]')
+
+
+@dataclass
 class ViTConfig:
     """A small vision transformer encoder (ViT-tiny style) producing patch tokens."""
 
@@ -194,9 +219,12 @@ class ModelConfig:
     action_dim: int = 0
     """A: size of an action (joint position target); 0 = take it from the data."""
     encoder: str = 'cnn'
-    """Image encoder: ``cnn`` (default, fast on CPU) or ``vit`` (patch tokens + global latent)."""
+    """Image encoder: ``cnn`` (default, fast on CPU), ``vit`` (patch tokens + global latent) or
+    ``keypoints`` (spatial-softmax image positions as the latent)."""
     cnn: CNNConfig = field(default_factory=CNNConfig)
     """Settings of the ``cnn`` encoder."""
+    keypoints: KeypointEncoderConfig = field(default_factory=KeypointEncoderConfig)
+    """Settings of the ``keypoints`` encoder."""
     vit: ViTConfig = field(default_factory=ViTConfig)
     """Settings of the ``vit`` encoder."""
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
@@ -228,8 +256,12 @@ class ModelConfig:
     def __post_init__(self):
         if isinstance(self.proprio, dict):
             self.proprio = ProprioConfig(**self.proprio)
-        _check(self.encoder in ('cnn', 'vit'), 'model.encoder', self.encoder,
-               "must be 'cnn' or 'vit'")
+        if isinstance(self.keypoints, dict):
+            self.keypoints = KeypointEncoderConfig(**self.keypoints)
+        _check(self.encoder in ('cnn', 'vit', 'keypoints'), 'model.encoder', self.encoder,
+               "must be 'cnn', 'vit' or 'keypoints'")
+        _check(self.encoder != 'keypoints' or self.latent_dim % 2 == 0, 'model.latent_dim',
+               self.latent_dim, 'must be even with the keypoints encoder (x, y per keypoint)')
         _check(16 <= self.image_size <= 512, 'model.image_size', self.image_size,
                'must be in [16, 512]')
         _check(2 <= self.latent_dim <= 4096, 'model.latent_dim', self.latent_dim,

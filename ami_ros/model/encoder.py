@@ -6,6 +6,10 @@ Two choices, picked by ``ModelConfig.encoder``:
   the final feature map to the latent. ~1 ms per 64x64 frame on one CPU core.
 * ``vit``: a ViT-tiny style transformer over non-overlapping patches; the global latent is a
   linear map of the mean token, and ``tokens()`` exposes the patch tokens themselves.
+* ``keypoints``: a CoordConv CNN whose K heat maps become K image positions through a spatial
+  softmax (:class:`~ami_ros.model.reader.SpatialKeypoints`); the latent is those positions
+  (x of every keypoint, then y, scaled by ``keypoints.scale``), so distances between latents
+  are distances in the image. For scenes whose state is where rigid things are (Push-T).
 
 GroupNorm rather than BatchNorm: the encoding of one frame must not depend on the rest of the
 batch (the perception node encodes one frame at a time, training sees batches).
@@ -18,6 +22,7 @@ import torch
 from torch import nn
 
 from ami_ros.model.config import ModelConfig
+from ami_ros.model.reader import SpatialKeypoints
 
 
 def _groups(channels: int) -> int:
@@ -72,8 +77,30 @@ class ViTEncoder(nn.Module):
         return self.head(self.tokens(x).mean(dim=1))                   # (B, D)
 
 
+class KeypointEncoder(nn.Module):
+    """Spatial-softmax keypoints as the latent: (B, 3, S, S) -> (B, 2K) = scale * (x..., y...)."""
+
+    def __init__(self, channels: tuple[int, ...], keypoints: int, first_stride: int,
+                 scale: float):
+        super().__init__()
+        self.points = SpatialKeypoints(channels, keypoints, first_stride)
+        self.k = keypoints
+        self.scale = float(scale)
+        self.token_dim = keypoints
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The heat maps as tokens: (B, h'*w', K)."""
+        return self.points.heat_maps(x).flatten(2).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.points(x)[:, :2 * self.k]                # (B, 2K)
+
+
 def build_encoder(config: ModelConfig) -> nn.Module:
     """The encoder named by ``config.encoder``."""
+    if config.encoder == 'keypoints':
+        k = config.keypoints
+        return KeypointEncoder(k.channels, config.latent_dim // 2, k.first_stride, k.scale)
     if config.encoder == 'cnn':
         return CNNEncoder(config.image_size, config.cnn.channels, config.latent_dim)
     v = config.vit

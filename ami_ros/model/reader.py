@@ -22,11 +22,17 @@ def _coords(n: int, like: torch.Tensor) -> torch.Tensor:
     return torch.linspace(-1.0, 1.0, n, device=like.device, dtype=like.dtype)
 
 
-class PostureReader(nn.Module):
-    """Image -> (J + E) standardised posture, through spatial-softmax keypoints."""
+class SpatialKeypoints(nn.Module):
+    """Image -> K keypoints (expected image positions of K heat maps, and their peaks).
 
-    def __init__(self, channels: tuple[int, ...], keypoints: int, hidden: int, out_dim: int,
-                 first_stride: int = 1):
+    A CoordConv CNN makes K heat maps; a spatial softmax gives each one's expected image
+    position (x, y in [-1, 1]), and its squashed peak value is a presence.
+
+    Serves the posture reader (keypoints -> MLP -> posture) and the ``keypoints`` encoder
+    (the keypoints are the visual latent).
+    """
+
+    def __init__(self, channels: tuple[int, ...], keypoints: int, first_stride: int = 1):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 5  # RGB + the x, y coordinate planes (CoordConv: positions are the point)
@@ -36,15 +42,16 @@ class PostureReader(nn.Module):
             c_in = c
         layers.append(nn.Conv2d(c_in, keypoints, 1))
         self.conv = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Linear(3 * keypoints, hidden), nn.GELU(),
-                                  nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
 
-    def keypoints(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, 3K): expected x, y of each heat map and its peak (squashed)."""
+    def heat_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, K, h', w') heat-map logits."""
         b, _, h, w = x.shape
         yy, xx = torch.meshgrid(_coords(h, x), _coords(w, x), indexing='ij')
-        x = torch.cat([x, xx.expand(b, 1, h, w), yy.expand(b, 1, h, w)], dim=1)
-        f = self.conv(x)                                                     # (B, K, h', w')
+        return self.conv(torch.cat([x, xx.expand(b, 1, h, w), yy.expand(b, 1, h, w)], dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 3K): expected x of each heat map, then y, then its peak."""
+        f = self.heat_maps(x)                                                # (B, K, h', w')
         hh, ww = f.shape[-2:]
         f = f.flatten(2)                                                     # (B, K, h'*w')
         gy, gx = torch.meshgrid(_coords(hh, f), _coords(ww, f), indexing='ij')
@@ -53,6 +60,20 @@ class PostureReader(nn.Module):
         ky = (p * gy.reshape(-1)).sum(-1)                                    # (B, K)
         peak = torch.tanh(f.amax(dim=-1) / 10.0)                             # (B, K)
         return torch.cat([kx, ky, peak], dim=-1)
+
+
+class PostureReader(SpatialKeypoints):
+    """Image -> (J + E) standardised posture: an MLP on the spatial-softmax keypoints."""
+
+    def __init__(self, channels: tuple[int, ...], keypoints: int, hidden: int, out_dim: int,
+                 first_stride: int = 1):
+        super().__init__(channels, keypoints, first_stride)
+        self.head = nn.Sequential(nn.Linear(3 * keypoints, hidden), nn.GELU(),
+                                  nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+    def keypoints(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 3K): expected x, y of each heat map and its peak (squashed)."""
+        return super().forward(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.keypoints(x))

@@ -40,11 +40,13 @@ class SamplingPlanner:
         self.config = config
         self._generator: Optional[torch.Generator] = None
         self._last_plan: Optional[torch.Tensor] = None  # (H, A)
+        self._plans_in_block = 0  # plans made since the last plan's first block began
 
     def reset(self) -> None:
         """Forget the previous plan and restart the random stream from the seed."""
         self._generator = None
         self._last_plan = None
+        self._plans_in_block = 0
 
     def _rng(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
@@ -71,7 +73,8 @@ class SamplingPlanner:
         fixed = [mean[None]] if hold is None else [mean[None], hold[None]]
         samples = torch.cat(fixed + [samples[len(fixed):]], dim=0)  # mean (and hold) first
         samples = project(samples, limits)  # (N, H, A)
-        predicted, costs = _evaluate(self.name, state, samples, dynamics, cost)
+        predicted, costs = _evaluate(self.name, state, samples, dynamics, cost,
+                                     int(self.config.action_block))
         i = torch.argmin(costs)  # () lowest cost; ties go to the first (the mean)
         lowest = costs.min().reshape(1)  # (1,)
         best_cost, best_actions, best_pred = _keep_best(
@@ -96,7 +99,8 @@ class SamplingPlanner:
                 best_actions, best_pred)
         # the final mean, evaluated once; it wins a tie (smoother)
         final = project(mean[None], limits)  # (1, H, A)
-        predicted, costs = _evaluate(self.name, state, final, dynamics, cost)
+        predicted, costs = _evaluate(self.name, state, final, dynamics, cost,
+                                     int(self.config.action_block))
         return _keep_best(costs[:1] <= best_cost, costs[:1], final[0], predicted[0],
                           best_cost, best_actions, best_pred)
 
@@ -130,7 +134,12 @@ class SamplingPlanner:
         current = _vector('current_action', current_action, a, dev, dtype)  # (A,) or None
         box = _Constraints(cfg, dev, dtype, current)
         hold = _vector('hold_action', hold_action, a, dev, dtype)  # (A,) or None
-        prev = _shifted(self._last_plan if prev_plan is None else prev_plan, h, a, dev, dtype)
+        # with action blocks, the previous plan advances by a block once per block of plans
+        k = int(cfg.action_block)
+        shift = 1 if prev_plan is not None or (self._plans_in_block + 1) % k == 0 else 0
+        self._plans_in_block = 0 if shift else self._plans_in_block + 1
+        prev = _shifted(self._last_plan if prev_plan is None else prev_plan, h, a, dev, dtype,
+                        shift)
         warm = bool(cfg.warm_start) and prev is not None
         start = prev if warm else next(v for v in (hold, current, box.centre) if v is not None)
         mean = box.project(start.expand(h, a)[None])[0]  # (H, A)
@@ -238,8 +247,11 @@ def _vector(name, value, a, dev, dtype) -> Optional[torch.Tensor]:
     return v
 
 
-def _shifted(prev, h, a, dev, dtype) -> Optional[torch.Tensor]:
-    """The previous plan advanced one step, last action repeated, fitted to H; None if unusable."""
+def _shifted(prev, h, a, dev, dtype, shift: int = 1) -> Optional[torch.Tensor]:
+    """The previous plan advanced ``shift`` (0 or 1) steps, fitted to H; None if unusable.
+
+    The last action is repeated to fill the end.
+    """
     if prev is None:
         return None
     p = torch.as_tensor(prev).to(device=dev, dtype=dtype)
@@ -247,19 +259,27 @@ def _shifted(prev, h, a, dev, dtype) -> Optional[torch.Tensor]:
         raise ValueError(f'prev_plan must have shape (H, {a}), got {tuple(p.shape)}')
     if not bool(torch.isfinite(p).all()):
         return None  # a NaN plan is no plan: start afresh
-    p = torch.cat([p[1:], p[-1:]], dim=0)  # (H', A) shifted, last repeated
+    if shift:
+        p = torch.cat([p[1:], p[-1:]], dim=0)  # (H', A) shifted, last repeated
     if p.shape[0] < h:
         p = torch.cat([p, p[-1:].expand(h - p.shape[0], a)], dim=0)  # (H, A)
     return p[:h]  # (H, A)
 
 
-def _evaluate(name, state, samples, dynamics, cost):
-    """Roll out and score samples (N, H, A); non-finite rollouts or costs score +inf."""
+def _evaluate(name, state, samples, dynamics, cost, block: int = 1):
+    """Roll out and score samples (N, H, A); non-finite rollouts or costs score +inf.
+
+    block > 1: each action is held ``block`` steps; the dynamics roll out (N, H * block, A),
+    and the states at the end of each block (N, H, ...) are scored and returned.
+    """
     n, h = samples.shape[:2]
-    predicted = dynamics(state, samples)  # (N, H, ...)
-    if not isinstance(predicted, torch.Tensor) or tuple(predicted.shape[:2]) != (n, h):
-        raise ValueError(f'{name}: dynamics must return (N={n}, H={h}, ...) states, got '
+    steps = samples if block == 1 else samples.repeat_interleave(block, dim=1)  # (N, H*k, A)
+    predicted = dynamics(state, steps)  # (N, H*k, ...)
+    if not isinstance(predicted, torch.Tensor) or tuple(predicted.shape[:2]) != (n, h * block):
+        raise ValueError(f'{name}: dynamics must return (N={n}, H={h * block}, ...) states, got '
                          f'{getattr(predicted, "shape", type(predicted).__name__)}')
+    if block > 1:
+        predicted = predicted[:, block - 1::block]  # (N, H, ...) the end of each block
     costs = cost(predicted, samples)  # (N,)
     if not isinstance(costs, torch.Tensor) or tuple(costs.shape) != (n,):
         raise ValueError(f'{name}: cost must return shape (N={n},), got '

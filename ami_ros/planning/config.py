@@ -61,6 +61,12 @@ class PlannerConfig:
     """Seed of the planner's own random generator: equal seeds give equal plans."""
     warm_start: bool = True
     """Start each plan from the previous one shifted by one step (last action repeated)."""
+    action_block: int = 1
+    """Control steps each planned action is held (the world-model benchmarks' frameskip): the
+    H planned actions cover H x action_block steps; the dynamics roll every step out, the cost
+    sees the state at the end of each block. A horizon of 5 blocks of 5 looks 25 steps ahead
+    for the search cost of 5 actions. Warm starts shift by one block once a block of plans
+    (one per control step) has passed."""
 
     def __post_init__(self):
         if int(self.action_dim) < 1:
@@ -71,6 +77,8 @@ class PlannerConfig:
             raise ValueError(f'n_samples must be >= 2, got {self.n_samples}')
         if int(self.iterations) < 1:
             raise ValueError(f'iterations must be >= 1, got {self.iterations}')
+        if int(self.action_block) < 1:
+            raise ValueError(f'action_block must be >= 1, got {self.action_block}')
         if not 1 <= int(self.n_elites) <= int(self.n_samples):
             raise ValueError(f'n_elites must be in [1, n_samples={self.n_samples}], '
                              f'got {self.n_elites}')
