@@ -121,7 +121,7 @@ def test_training_runs_every_phase_on_generated_arm_reach(tmp_path):
                   'predictor': {'history': 2, 'hidden': 16, 'layers': 1},
                   'proprio': {'enabled': True, 'reader_channels': [8, 8], 'reader_keypoints': 8,
                               'reader_hidden': 32, 'fk_hidden': 32}},
-        'loss': {'horizon': 2, 'joint_decorrelation_weight': 1.0},
+        'loss': {'horizon': 2},
         'train': {'max_steps': 4, 'batch_size': 4, 'warmup_steps': 1, 'val_every': 4,
                   'val_windows': 8, 'num_threads': 1, 'augment_shift': 0},
         'probe': {'targets': ['goal_position'], 'steps': 2},
@@ -136,7 +136,7 @@ def test_training_runs_every_phase_on_generated_arm_reach(tmp_path):
     assert 0.0 <= summary['reader']['goal_like']['ee_within_5cm'] <= 1.0
     model = load_checkpoint(tmp_path / 'run' / 'model')
     assert model.has_proprio and len(model.config.proprio.ee_mean) == 3
-    assert 'val_pred_1step_proprio' in summary['val'] and 'val_joint_corr' in summary['val']
+    assert 'val_pred_1step_proprio' in summary['val']
     scale = model.innovation_scale  # measured on held-out episodes at the end of training
     assert scale is not None and scale.shape == (model.latent_dim,) and bool((scale > 0).all())
 
@@ -266,14 +266,3 @@ def test_the_agent_scores_the_cameras_reading_against_the_measured_joints():
     expected = float((read - measured)[D:].double().pow(2).mean().sqrt())
     assert expected > 0 and step.channels['reading'] == pytest.approx(expected, rel=1e-5)
     assert set(step.channels) == {'all', 'visual', 'joints', 'ee', 'reading'}
-
-
-def test_joint_correlation_is_high_for_a_latent_that_copies_the_joints():
-    from ami_ros.train.trainer import joint_correlation
-
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(256, 3, 2, generator=g)
-    copies = torch.cat([2.0 * q + 1.0, -q], dim=-1)             # 4 dims, each one joint's copy
-    assert float(joint_correlation(copies, q)) == pytest.approx(0.5, abs=1e-3)
-    other = torch.randn(256, 3, 4, generator=g)
-    assert float(joint_correlation(other, q)) < 0.02

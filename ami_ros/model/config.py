@@ -349,12 +349,6 @@ class LossConfig:
     state_proprio_weight: float = 1.0
     """World model v2 (``model.proprio.enabled``): weight of the predicted joint positions and
     end effector against the measured ones (standardised), next to the visual latent's terms."""
-    joint_decorrelation_weight: float = 0.0
-    """World model v2: weight of the mean squared correlation, across the batch, between each
-    visual latent dimension and each measured joint position. The state already holds the
-    joints; this asks the visual latent for what they do not say (the pushed block rather than
-    the pusher), where prediction + anti-collapse alone are content to track the robot
-    (0 = off)."""
 
     def __post_init__(self):
         _check(self.regularizer in ('sigreg', 'vicreg'), 'loss.regularizer', self.regularizer,
@@ -363,7 +357,7 @@ class LossConfig:
                "must be 'online', 'detach' or 'ema'")
         for name in ('reg_weight', 'vicreg_variance_weight', 'vicreg_covariance_weight',
                      'teacher_forcing_weight', 'rollout_weight', 'idm_weight', 'proprio_weight',
-                     'state_proprio_weight', 'joint_decorrelation_weight'):
+                     'state_proprio_weight'):
             v = getattr(self, name)
             _check(0 <= v < 1e6, f'loss.{name}', v, 'must be >= 0')
         _check(self.teacher_forcing_weight + self.rollout_weight > 0, 'loss.rollout_weight',

@@ -167,9 +167,6 @@ class Objective(nn.Module):
                 total = total + out['fk']
             state = torch.cat([z, p], dim=-1)                                      # (B, L, D)
             target = torch.cat([target, p[:, k:]], dim=-1)                         # (B, H, D)
-            if cfg.joint_decorrelation_weight > 0:
-                out['joint_corr'] = joint_correlation(z, q)
-                total = total + cfg.joint_decorrelation_weight * out['joint_corr']
 
         def pred_loss(name: str, pred: torch.Tensor, weight: float) -> torch.Tensor:
             out[name] = F.mse_loss(pred[..., :dv], target[..., :dv])
@@ -209,19 +206,6 @@ class Objective(nn.Module):
                 for g in groups]).mean()
         out['loss'] = total + cfg.reg_weight * out['reg']
         return out
-
-
-def joint_correlation(z: torch.Tensor, q: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """Mean squared correlation between latent dims z (B, L, D) and joints q (B, L, J).
-
-    Per time step across the batch (as the regulariser), averaged over steps.
-    """
-    zc = z - z.mean(dim=0, keepdim=True)
-    qc = q - q.mean(dim=0, keepdim=True)
-    zn = zc / (zc.square().mean(dim=0, keepdim=True) + eps).sqrt()               # (B, L, D)
-    qn = qc / (qc.square().mean(dim=0, keepdim=True) + eps).sqrt()               # (B, L, J)
-    corr = torch.einsum('bld,blj->ldj', zn, qn) / z.shape[0]                       # (L, D, J)
-    return corr.square().mean()
 
 
 def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
