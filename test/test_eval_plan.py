@@ -98,6 +98,9 @@ def test_eval_plan_bad_input_is_a_clear_error(tmp_path, capsys):
     rc, _, err = run_cli(['eval-plan', '--checkpoint', str(GOLDEN), '--scene', 'pusht',
                           '--config', str(bad), '--episodes', '1'], capsys)
     assert rc == 2 and 'stepz' in err
+    rc, _, err = run_cli(['eval-plan', '--scene', 'pusht', '--methods', 'random',
+                          '--episodes', '2', '--first-episode', '2'], capsys)
+    assert rc == 2 and '--first-episode' in err
 
 
 def test_eval_surprise_smoke_json(tmp_path, capsys):
@@ -236,3 +239,25 @@ def test_oracle_holds_each_planned_action_for_its_block_and_replans_every_block(
         pe.PlanEvalConfig(oracle_action_block=3, oracle_replan_every=4)
     with pytest.raises(ValueError, match='oracle_init_std'):
         pe.PlanEvalConfig(oracle_init_std=0.0)
+
+
+def test_a_shard_of_an_evaluation_runs_the_episodes_of_the_whole_run():
+    from ami_ros.config import load_scene_config
+    from ami_ros.evaluation import plan_eval as pe
+    from ami_ros.safety import Limits
+    from ami_ros.sim import SceneConfig, make_scene
+
+    scene = make_scene('pusht', SceneConfig(image_size=32, seed=0))
+    limits = Limits(('x', 'y'), scene.lower, scene.upper, np.asarray(scene.velocity_limit))
+    mpc = load_scene_config('pusht').mpc(limits)
+    ecfg = pe.PlanEvalConfig(steps=4, goal_steps=5)
+
+    def run(first):
+        policies = {'random': pe.RandomPolicy(mpc.planning, seed=7)}
+        results, goals = pe.evaluate(scene, policies, 3, 5, ecfg, log=lambda m: None,
+                                     first=first)
+        return [r.final_error for r in results['random']], [g.state for g in goals]
+
+    whole, shard = run(0), run(1)
+    assert len(shard[0]) == 2 and shard[0] == whole[0][1:]
+    np.testing.assert_array_equal(np.array(shard[1]), np.array(whole[1][1:]))

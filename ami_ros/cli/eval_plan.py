@@ -28,6 +28,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help='built-in scene')
     add_robot_argument(parser)
     parser.add_argument('--episodes', type=int, default=20, help='episodes (goals) per method')
+    parser.add_argument('--first-episode', type=int, default=0,
+                        help='run episodes FIRST..EPISODES-1 of the seed\'s goals only (the '
+                             'same goals as a whole run): shards a slow evaluation across '
+                             'processes')
     parser.add_argument('--protocol', choices=('own', 'swm'), default=None,
                         help="goals, budget and success rule: 'own' (the scene's eval_plan "
                              "block) or 'swm' (the world-model benchmarks' protocol, block "
@@ -139,6 +143,9 @@ def run(args) -> int:
         if args.episodes < 1 or args.threads < 1:
             raise ValueError(f'--episodes and --threads must be >= 1, got {args.episodes} and '
                              f'{args.threads}')
+        if not 0 <= args.first_episode < args.episodes:
+            raise ValueError(f'--first-episode must be in [0, --episodes={args.episodes}), got '
+                             f'{args.first_episode}')
         needs_model = sorted(set(args.methods) - {'random', 'oracle'})
         if args.checkpoint is None and needs_model:
             raise ValueError(f'--checkpoint is needed for {needs_model} (only random and '
@@ -171,7 +178,8 @@ def run(args) -> int:
         policies['oracle_latent'] = pe.OraclePolicy(scene, mpc, ecfg, model)
     _log(f'eval-plan: {ckpt_path} ({args.backend}) on {args.scene}, {args.episodes} episodes x '
          f'{ecfg.steps} steps, methods {list(policies)}')
-    results, goals = pe.evaluate(scene, policies, args.episodes, args.seed, ecfg, log=_log)
+    results, goals = pe.evaluate(scene, policies, args.episodes, args.seed, ecfg, log=_log,
+                                 first=args.first_episode)
     methods = {name: pe.summarize(r) for name, r in results.items()}
 
     p = mpc.planning
@@ -187,7 +195,7 @@ def run(args) -> int:
         _log(f'eval-plan: planning budget {n} samples x {p.iterations} iterations')
         r, _ = pe.evaluate(scene, {'world_model': pe.ModelPolicy(agent)}, args.episodes,
                            args.seed, dataclasses.replace(ecfg, oracle_episodes=0), log=_log,
-                           record_episode=-1)
+                           record_episode=-1, first=args.first_episode)
         budgets.append(_budget_row(n, p.iterations, pe.summarize(r['world_model'])))
     budgets.sort(key=lambda b: b['rollouts_per_plan'])
 
@@ -212,7 +220,8 @@ def run(args) -> int:
     report = {
         'checkpoint': ckpt_path, 'backend': args.backend, 'scene': args.scene,
         'robot': robot_name, 'methods': methods, 'budgets': budgets, 'plots': plots,
-        'config': {'episodes': args.episodes, 'seed': args.seed, 'plan_config': str(cfg_file),
+        'config': {'episodes': args.episodes, 'first_episode': args.first_episode,
+                   'seed': args.seed, 'plan_config': str(cfg_file),
                    'threads': args.threads, 'eval': dataclasses.asdict(ecfg),
                    'planner': mpc.planner, 'planning': dataclasses.asdict(mpc.planning),
                    'cost': {'metric': mpc.metric, 'terminal_weight': mpc.terminal_weight,

@@ -28,6 +28,7 @@ import dataclasses
 import math
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -215,10 +216,12 @@ class RandomPolicy:
         self.lower, self.upper = (np.array(planning.vector(n)) for n in ('lower', 'upper'))
         delta = planning.vector('max_delta')
         self.delta = np.array(delta) if delta is not None else (self.upper - self.lower)
+        self.seed = int(seed)
         self.rng = np.random.default_rng(seed)
 
     def begin(self, goal: Goal) -> None:
-        pass
+        # draws depend on the seed and the goal only: a shard of a run draws what the run does
+        self.rng = np.random.default_rng([self.seed, zlib.crc32(goal.state.tobytes())])
 
     def __call__(self, image, q, stamp, executed) -> tuple[np.ndarray, float]:
         step = self.rng.uniform(-self.delta, self.delta)
@@ -359,14 +362,21 @@ def summarize(results: list[EpisodeResult]) -> dict:
 
 def evaluate(scene: Scene, policies: dict[str, object], episodes: int, seed: int,
              cfg: PlanEvalConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-             record_episode: int = 0) -> tuple[dict[str, list[EpisodeResult]], list[Goal]]:
-    """Run every policy on the same episodes; returns results per method and the goals."""
+             record_episode: int = 0, first: int = 0
+             ) -> tuple[dict[str, list[EpisodeResult]], list[Goal]]:
+    """Run every policy on the same episodes; returns results per method and the goals.
+
+    ``first``: run episodes ``first``..``episodes - 1`` only; the goals of the ones before are
+    still drawn, so each episode has the goal it has in a whole run (shards of one evaluation).
+    """
     rng = np.random.default_rng(seed)
     results: dict[str, list[EpisodeResult]] = {name: [] for name in policies}
     goals = []
     for ep in range(int(episodes)):
         scene.reset(seed=int(seed) * 100_003 + ep)
         start, goal = make_goal(scene, rng, cfg)
+        if ep < int(first):
+            continue
         goals.append(goal)
         line = []
         for name, policy in policies.items():
@@ -374,7 +384,7 @@ def evaluate(scene: Scene, policies: dict[str, object], episodes: int, seed: int
                     cfg.oracle_episodes is not None and ep >= int(cfg.oracle_episodes):
                 continue
             reset_to(scene, start, goal)
-            r = run_episode(scene, policy, goal, cfg, record=(ep == record_episode))
+            r = run_episode(scene, policy, goal, cfg, record=(ep - int(first) == record_episode))
             results[name].append(r)
             line.append(f'{name} {"ok" if r.success else "--"} {r.final_error:.3g}')
         log(f'episode {ep + 1}/{episodes}: ' + ', '.join(line))
