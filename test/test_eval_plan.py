@@ -239,6 +239,8 @@ def test_oracle_holds_each_planned_action_for_its_block_and_replans_every_block(
         pe.PlanEvalConfig(oracle_action_block=3, oracle_replan_every=4)
     with pytest.raises(ValueError, match='oracle_init_std'):
         pe.PlanEvalConfig(oracle_init_std=0.0)
+    with pytest.raises(ValueError, match='goal_policy'):
+        pe.PlanEvalConfig(goal_policy='human')
 
 
 def test_a_shard_of_an_evaluation_runs_the_episodes_of_the_whole_run():

@@ -241,3 +241,26 @@ def test_matches_gym_pusht_bit_for_bit_without_exact_restore():
         np.testing.assert_array_equal(sc.render(), obs['pixels'])
         assert sc.success() == info['is_success']
         assert sc.coverage == info['coverage']
+
+
+def test_expert_pushes_the_block_towards_the_goal_pose():
+    """The expert-like pusher (eval goals of the benchmarks' protocol) brings the T closer to
+    the green target T than it started, where the explorer's pushes go anywhere."""
+    scene = make_scene('pusht', SceneConfig(image_size=32))
+
+    def error():
+        x, y, a = scene.block_pose_units()
+        gx, gy, ga = scene.goal_pose_units
+        return np.hypot(x - gx, y - gy) + 20 / (np.pi / 9) * abs((a - ga + np.pi) % (2 * np.pi)
+                                                                  - np.pi)
+
+    before, after = [], []
+    for seed in range(3):
+        scene.reset(seed=seed)
+        before.append(error())
+        expert = scene.make_expert(np.random.default_rng(seed))
+        for _ in range(80):
+            scene.set_target(expert())
+            scene.step()
+        after.append(error())
+    assert np.mean(after) < 0.5 * np.mean(before), (before, after)

@@ -52,6 +52,10 @@ class PlanEvalConfig:
     """Control steps per episode (the step budget)."""
     goal_steps: int = 25
     """Exploration steps from the start state to the goal state (DINO-WM: 25)."""
+    goal_policy: str = 'explorer'
+    """Policy whose steps lead to the goal: ``explorer`` (the scene's data-collection policy)
+    or ``expert`` (an expert-like policy towards the scene's target, where the scene has one:
+    pusht; the benchmarks take Push-T goals from expert demonstrations)."""
     tolerance: float = 0.05
     """arm_reach: success radius around the goal end-effector position, metres."""
     joint_tolerance: float = 0.05
@@ -102,6 +106,9 @@ class PlanEvalConfig:
         if not 0.0 < float(self.coverage_threshold) <= 1.0:
             raise ValueError(f'eval.coverage_threshold must be in (0, 1], '
                              f'got {self.coverage_threshold}')
+        if self.goal_policy not in ('explorer', 'expert'):
+            raise ValueError(f"eval.goal_policy must be 'explorer' or 'expert', "
+                             f'got {self.goal_policy!r}')
         if self.success_at not in ('end', 'any'):
             raise ValueError(f"eval.success_at must be 'end' or 'any', got {self.success_at!r}")
         if self.oracle_planner not in ('cem', 'mppi'):
@@ -171,7 +178,9 @@ def make_goal(scene: Scene, rng: np.random.Generator, cfg: PlanEvalConfig,
     start = scene.get_state()
     for _ in range(tries):
         scene.set_state(start)
-        explore = scene.make_explorer(rng)
+        if cfg.goal_policy == 'expert' and not hasattr(scene, 'make_expert'):
+            raise ValueError(f'eval.goal_policy expert: scene {scene.name!r} has no expert')
+        explore = (scene.make_expert if cfg.goal_policy == 'expert' else scene.make_explorer)(rng)
         for _ in range(int(cfg.goal_steps)):
             scene.set_target(explore())
             scene.step()
