@@ -244,15 +244,14 @@ def test_matches_gym_pusht_bit_for_bit_without_exact_restore():
 
 
 def test_expert_pushes_the_block_towards_the_goal_pose():
-    """The expert-like pusher (eval goals of the benchmarks' protocol) brings the T closer to
-    the green target T than it started, where the explorer's pushes go anywhere."""
+    """The expert-like pusher (the benchmarks' eval goals) brings the T towards the target T."""
     scene = make_scene('pusht', SceneConfig(image_size=32))
 
     def error():
         x, y, a = scene.block_pose_units()
         gx, gy, ga = scene.goal_pose_units
-        return np.hypot(x - gx, y - gy) + 20 / (np.pi / 9) * abs((a - ga + np.pi) % (2 * np.pi)
-                                                                  - np.pi)
+        angle = abs((a - ga + np.pi) % (2 * np.pi) - np.pi)
+        return np.hypot(x - gx, y - gy) + 20 / (np.pi / 9) * angle
 
     before, after = [], []
     for seed in range(3):

@@ -455,10 +455,10 @@ class PushTExplorer:
 
 
 class PushTExpert(PushTExplorer):
-    """An expert-like pusher: of a few candidate pushes, the one that brings the T closest to
-    the goal pose (the green T), tried first on a private copy of the scene; no wandering.
+    """An expert-like pusher: pushes that bring the T closest to the goal pose (the green T).
 
-    Goals for the world-model benchmarks' Push-T protocol come from expert pushes towards the
+    Of a few candidate pushes, each tried first on a private copy of the scene, the best one;
+    no wandering. Goals for the world-model benchmarks' Push-T protocol come from expert pushes towards the
     target (their recorded demonstrations are not available here).
     """
 
