@@ -458,7 +458,7 @@ class PushTExpert(PushTExplorer):
     """An expert-like pusher: pushes that bring the T closest to the goal pose (the green T).
 
     Of a few candidate pushes, each tried first on a private copy of the scene, the best one;
-    no wandering. Goals for the world-model benchmarks' Push-T protocol come from expert pushes towards the
+    no wandering. The world-model benchmarks take Push-T goals from expert pushes towards the
     target (their recorded demonstrations are not available here).
     """
 
