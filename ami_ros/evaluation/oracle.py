@@ -20,17 +20,14 @@ import torch
 
 from ami_ros.sim import Scene, SceneConfig, make_scene
 
-PUSHT_ANGLE_SCALE = 20.0 / (np.pi / 9.0)
-"""Env units per radian of the block angle in the Push-T features: DINO-WM's success region is
-20 units of position and pi/9 of angle, so both count alike."""
-
 
 def state_features(scene: Scene) -> np.ndarray:
     """Ground-truth features whose Euclidean distance the oracle minimises.
 
     arm_reach: end-effector position (3,), metres. pusht: pusher and block positions in env
-    units and the block angle as (cos, sin) x PUSHT_ANGLE_SCALE (6,). reacher: (cos, sin) of
-    each joint angle (4,): ~radians for small errors, the shoulder's turn wrapped.
+    units and the block angle as (cos, sin) x ``pusht.ANGLE_UNITS_PER_RAD`` (6,). reacher:
+    (cos, sin) of each joint angle (4,): ~radians for small errors, the shoulder's turn
+    wrapped.
     """
     if scene.name == 'arm_reach':
         return scene.ground_truth()['ee_position'].astype(np.float64)
@@ -38,10 +35,11 @@ def state_features(scene: Scene) -> np.ndarray:
         q = scene.joint_positions
         return np.concatenate([np.cos(q), np.sin(q)])
     if scene.name == 'pusht':
+        from ami_ros.sim.pusht import ANGLE_UNITS_PER_RAD  # the scene module loads pymunk
+
         state = scene.get_state()
-        angle = state[6]
-        return np.array([state[0], state[1], state[4], state[5],
-                         PUSHT_ANGLE_SCALE * np.cos(angle), PUSHT_ANGLE_SCALE * np.sin(angle)])
+        angle = ANGLE_UNITS_PER_RAD * np.array([np.cos(state[6]), np.sin(state[6])])
+        return np.concatenate([state[[0, 1, 4, 5]], angle])
     raise ValueError(f'oracle: no ground-truth features for scene {scene.name!r}')
 
 

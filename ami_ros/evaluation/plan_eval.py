@@ -175,12 +175,13 @@ def make_goal(scene: Scene, rng: np.random.Generator, cfg: PlanEvalConfig,
     Explorations that end where the start already counts as success are drawn again (up to
     ``tries``), so no goal is reached by doing nothing.
     """
+    if cfg.goal_policy == 'expert' and not hasattr(scene, 'make_expert'):
+        raise ValueError(f'eval.goal_policy expert: scene {scene.name!r} has no expert')
+    policy = scene.make_expert if cfg.goal_policy == 'expert' else scene.make_explorer
     start = scene.get_state()
     for _ in range(tries):
         scene.set_state(start)
-        if cfg.goal_policy == 'expert' and not hasattr(scene, 'make_expert'):
-            raise ValueError(f'eval.goal_policy expert: scene {scene.name!r} has no expert')
-        explore = (scene.make_expert if cfg.goal_policy == 'expert' else scene.make_explorer)(rng)
+        explore = policy(rng)
         for _ in range(int(cfg.goal_steps)):
             scene.set_target(explore())
             scene.step()
@@ -260,7 +261,7 @@ class OraclePolicy:
                 planning, init_std=(float(cfg.oracle_init_std),) * int(planning.action_dim))
         self.planner = make_planner(cfg.oracle_planner, planning)
         self.model = model
-        self.block, self.replan_every = int(cfg.oracle_action_block), int(cfg.oracle_replan_every)
+        self.replan_every = int(cfg.oracle_replan_every)
         self.dynamics = TrueDynamics(scene.name, scene.config,
                                      None if model is None else model.encode)
         self.cost = None
@@ -281,14 +282,14 @@ class OraclePolicy:
     def __call__(self, image, q, stamp, executed) -> tuple[np.ndarray, float]:
         """The plan's action for this step; a new plan every ``oracle_replan_every`` steps."""
         if self._plan is not None and self._age < self.replan_every:
-            i = min(self._age // self.block, len(self._plan) - 1)
+            i = min(self._age // self.planner.config.action_block, len(self._plan) - 1)
             self._age += 1
             return self._plan[i].astype(np.float64), None  # no plan made at this step
         t0 = time.perf_counter()
         hold = self.scene.hold_command()
         # replanning every m blocks: the previous plan is m blocks further on (the planner
         # shifts it by one more); replanning every step, the planner counts the blocks itself
-        m = self.replan_every // self.block
+        m = self.replan_every // self.planner.config.action_block
         prev = None if self._plan is None or self.replan_every == 1 else \
             torch.as_tensor(self._plan[m - 1:])
         result = self.planner.plan(torch.as_tensor(self.scene.get_state()), self.dynamics,

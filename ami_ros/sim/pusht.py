@@ -79,6 +79,10 @@ ARENA = (7.0, 504.0)
 AGENT_RADIUS = 15.0
 """The pusher's radius in env units (gym-pusht's ``add_circle(..., 15)``)."""
 
+ANGLE_UNITS_PER_RAD = 20.0 / (np.pi / 9.0)
+"""Env units per radian of the block angle when poses are compared: DINO-WM's success region
+is 20 units of position and pi/9 of angle, so both count alike."""
+
 
 def _wrap_angle(a: float) -> float:
     """Angle in [-pi, pi)."""
@@ -344,8 +348,12 @@ class PushTExplorer:
         self._goals = self._segments()
 
     def __call__(self) -> np.ndarray:
+        return self._step_towards(next(self._goals))
+
+    def _step_towards(self, goal: np.ndarray) -> np.ndarray:
+        """The target (m) one control step from the one in force towards ``goal`` (env units)."""
         last = self.scene.target / METRES_PER_UNIT
-        move = np.clip(next(self._goals) - last, -self._max_move, self._max_move)
+        move = np.clip(goal - last, -self._max_move, self._max_move)
         return np.clip(last + move, self._lo, self._hi) * METRES_PER_UNIT
 
     def _segments(self):
@@ -481,11 +489,9 @@ class PushTExpert(PushTExplorer):
         trial = self._trial
         trial.set_state(self.scene.get_state())
         tryout = PushTExplorer(trial, self.rng)
-        for goal in tryout._run_push(push):
-            last = trial.target / METRES_PER_UNIT
-            move = np.clip(goal - last, -self._max_move, self._max_move)
-            trial.set_target(np.clip(last + move, self._lo, self._hi) * METRES_PER_UNIT)
+        for goal in tryout._run_push(push):  # the push alone, stepped as the explorer steps
+            trial.set_target(tryout._step_towards(goal))
             trial.step()
         x, y, a = trial.block_pose_units()
         gx, gy, ga = trial.goal_pose_units
-        return float(np.hypot(x - gx, y - gy) + 20.0 / (np.pi / 9) * abs(_wrap_angle(a - ga)))
+        return float(np.hypot(x - gx, y - gy) + ANGLE_UNITS_PER_RAD * abs(_wrap_angle(a - ga)))
