@@ -316,6 +316,11 @@ class PlannerNodeConfig(ModelNodeConfig):
         if any(v <= 0 for v in self.twist_max + self.twist_accel):
             raise ValueError('twist_max and twist_accel must be > 0')
 
+    @property
+    def rollout_steps(self) -> int:
+        """Steps the model rolls out per candidate: every held step (horizon x action_block)."""
+        return int(self.horizon) * int(self.action_block)
+
     def mpc(self, world: WorldModelNodeConfig, limits, max_belief_age=None) -> MPCConfig:
         """Return the control stage's settings for a robot with these safety ``limits``.
 

@@ -19,7 +19,7 @@ import torch
 from ami_ros.model import ConfigError, ModelConfig, WorldModel, load_checkpoint, save_checkpoint
 from ami_ros.model.config import (CNNConfig, PredictorConfig, ProbeSpec, RunConfig, ViTConfig,
                                   from_dict, load_run_config)
-from ami_ros.model.losses import effective_rank, latent_variance, sigreg, vicreg
+from ami_ros.model.losses import effective_rank, info_nce, latent_variance, sigreg, vicreg
 from ami_ros.model.probes import angle_error
 
 torch.set_num_threads(1)
@@ -177,6 +177,38 @@ def test_keypoint_encoder_latent_is_image_positions_and_round_trips(tmp_path):
         tiny_config(encoder='keypoints', latent_dim=7)
 
 
+def test_keypoints_on_a_subtracted_background_find_what_moves(tmp_path):
+    """keypoints.background: a static bright patch is subtracted away; a moving one is found."""
+    from ami_ros.model.config import KeypointEncoderConfig
+    from ami_ros.train.trainer import background_frames
+    from ami_ros.train.synthetic import make_dot_episodes
+
+    torch.manual_seed(0)
+    model = WorldModel(tiny_config(encoder='keypoints', latent_dim=8, keypoints=(
+        KeypointEncoderConfig(channels=(8, 8), scale=3.0, background=True))))
+    frames = np.zeros((9, 16, 16, 3), dtype=np.uint8)
+    frames[:, 2:5, 2:5] = 255                                 # static, top left
+    for i in range(9):                                        # moving, along the bottom row
+        frames[i, 12:16, i:i + 4] = 255
+    model.encoder.set_background(model.preprocess(frames))   # the median: the static patch
+    with torch.no_grad():                                     # heat maps = brightness
+        conv = model.encoder.points.conv
+        for layer in conv:
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        conv[0].weight[:, :3, 2, 2] = 1.0
+        conv[2].weight[:, :, 1, 1] = torch.eye(8)
+        conv[-1].weight[:, 0, 0, 0] = 50.0
+    z = model.encode(frames[[0, 8]])
+    assert bool((z[:, 4:] > 0.5).all())                       # every keypoint low: the mover
+    assert bool((z[1, :4] > z[0, :4] + 0.5).all())            # and it follows it right
+    save_checkpoint(model, tmp_path / 'bg')                  # the background is in the file
+    torch.testing.assert_close(load_checkpoint(tmp_path / 'bg').encode(frames[[0, 8]]), z)
+    eps = make_dot_episodes(3, length=10, image_size=16)
+    assert background_frames(eps, 8, count=7).shape == (7, 8, 8, 3)
+
+
 def test_probe_outputs_physical_units_and_angles_wrap():
     model = tiny_model()
     out = model.probe(torch.randn(5, 8))
@@ -230,6 +262,19 @@ def test_vicreg_terms():
     assert float(vicreg(small, 1.0, 0.0)) == pytest.approx(1 - 0.15, abs=0.02)
     corr = torch.randn(4096, 1, generator=g).expand(-1, 8) * 2.0
     assert float(vicreg(corr, 0.0, 1.0)) > 10.0
+
+
+def test_info_nce_picks_each_prediction_out_of_the_batch():
+    g = torch.Generator().manual_seed(0)
+    targets = torch.randn(64, 8, generator=g) * 3.0
+    assert float(info_nce(targets, targets)) < 0.01  # each its own, far from the others
+    same = torch.zeros(64, 8)
+    assert float(info_nce(same, same)) == pytest.approx(math.log(64), rel=1e-5)  # chance
+    shuffled = targets[torch.randperm(64, generator=g)]
+    assert float(info_nce(shuffled, targets)) > math.log(64)  # worse than chance
+    pred = torch.zeros(64, 8, requires_grad=True)
+    info_nce(pred, targets).backward()
+    assert float(pred.grad.norm()) > 0  # predictions are pulled to their own targets
 
 
 def test_effective_rank_and_variance():

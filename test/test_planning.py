@@ -348,3 +348,29 @@ def test_the_guide_candidate_leads_out_of_a_local_minimum(name):
     assert led.actions[:, 0].tolist() == pytest.approx([0.5, 1.0, 1.5, 2.0])  # at the rate limit
     with pytest.raises(ValueError, match='guide_action'):
         make_planner(name, cfg).plan(zero, dynamics, cost, guide_action=torch.tensor([1.0, 2.0]))
+
+
+@pytest.mark.parametrize('name', ['cem', 'mppi'])
+def test_the_search_starts_from_the_cheapest_of_the_given_starts(name):
+    """Multi-start: a start past the bump is chosen over the usual mean; backends refuse it."""
+    cfg = PlannerConfig(action_dim=1, horizon=4, n_samples=16, iterations=2, n_elites=4,
+                        init_std=0.01, min_std=0.01, seed=0)
+
+    def dynamics(state, actions):  # the state is the action
+        return actions
+
+    def cost(predicted, actions):  # a bump between 0 (start) and the goal at 2
+        x = predicted[:, -1, 0]
+        return torch.where(x < 1.0, x.abs() * 0.1, (x - 2.0).abs() * 0.01 - 0.05)
+
+    zero = torch.zeros(1, device=DEVICE)
+    starts = torch.tensor([[[0.1], [0.2], [0.1], [0.0]],     # stays before the bump
+                           [[0.5], [1.0], [1.5], [1.9]]],    # gets past it
+                          device=DEVICE)
+    stuck = make_planner(name, cfg).plan(zero, dynamics, cost, hold_action=zero)
+    assert abs(float(stuck.actions[-1, 0])) < 0.2
+    led = make_planner(name, cfg).plan(zero, dynamics, cost, hold_action=zero, starts=starts)
+    assert float(led.actions[-1, 0]) > 1.5  # past the bump, towards the goal
+    with pytest.raises(ValueError, match='starts'):
+        make_planner(name, cfg).plan(zero, dynamics, cost, starts=starts,
+                                     search=lambda *args: None)

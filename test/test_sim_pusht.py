@@ -263,3 +263,21 @@ def test_expert_pushes_the_block_towards_the_goal_pose():
             scene.step()
         after.append(error())
     assert np.mean(after) < 0.5 * np.mean(before), (before, after)
+
+
+def test_candidate_plans_are_pushes_within_bounds_and_leave_the_scene_alone():
+    """The oracle's scripted starts: (<= n, H, 2) targets in bounds; some move the T."""
+    sc = scene(image_size=32, seed=3)
+    before = sc.get_state()
+    plans = sc.candidate_plans(6, horizon=5, block=5, rng=np.random.default_rng(0))
+    assert np.array_equal(sc.get_state(), before)  # tried on a private copy
+    assert 1 <= len(plans) <= 6 and plans.shape[1:] == (5, 2)
+    assert np.all(plans >= sc.lower - 1e-9) and np.all(plans <= sc.upper + 1e-9)
+    moved = []
+    for plan in plans:  # held 5 steps each, as the oracle runs them
+        sc.set_state(before)
+        for target in np.repeat(plan, 5, axis=0):
+            sc.set_target(target)
+            sc.step()
+        moved.append(np.hypot(*(sc.get_state()[4:6] - before[4:6])))
+    assert max(moved) > 5.0, moved  # env units: at least one push reaches the T

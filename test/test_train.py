@@ -125,6 +125,7 @@ def test_ctrl_c_and_crash_resume_exactly(tmp_path, episodes, monkeypatch, target
     cfg = tiny_run_config(steps=20, target=target)
     cfg.probe.steps = 0
     cfg.loss.idm_weight = cfg.loss.proprio_weight = 0.5     # their heads must resume too
+    cfg.loss.contrastive_weight = 0.5                       # and the batch-wide term
     Trainer(cfg, train, val, tmp_path / 'ref', progress=False).run()
     reference = weights(load_checkpoint(tmp_path / 'ref'))
 

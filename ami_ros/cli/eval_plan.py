@@ -89,8 +89,8 @@ def load_closed_loop(args, budgets=()):
     if args.checkpoint is None:  # model-free methods only (random, oracle): the scene's own size
         model, image_size, ckpt_path = None, SceneConfig.image_size, None
     else:
-        steps = p.horizon * p.action_block  # the model rolls every held step out
-        model, image_size, ckpt_path = load_model(args, steps, max([p.samples, *budgets]))
+        model, image_size, ckpt_path = load_model(args, p.rollout_steps,
+                                                  max([p.samples, *budgets]))
     hz = {} if robot is None else {'control_hz': robot.control_hz}  # the rate it was trained at
     scene = make_scene(args.scene, SceneConfig(image_size=image_size, seed=args.seed, **hz),
                        robot=robot_file)

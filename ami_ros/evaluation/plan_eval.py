@@ -90,6 +90,10 @@ class PlanEvalConfig:
     oracle_init_std: Optional[float] = None
     """Oracle planner: initial sampling std per action dimension, in action units (None: the
     planner block's ``init_std``). Pushing needs wide first samples: the way round the T."""
+    oracle_candidates: int = 0
+    """Oracle planner: scripted motions the scene proposes (pusht: pushes of the T from random
+    sides, the way round it included) that each plan's search may start from, instead of the
+    last plan (0 = none; scenes without proposals ignore it)."""
     oracle_episodes: Optional[int] = None
     """Run the oracle on only the first N episodes (it is slow); None = all."""
 
@@ -119,6 +123,8 @@ class PlanEvalConfig:
             raise ValueError(f'eval.oracle_replan_every must be 1 or a multiple of '
                              f'oracle_action_block={self.oracle_action_block}, '
                              f'got {self.oracle_replan_every}')
+        if int(self.oracle_candidates) < 0:
+            raise ValueError(f'eval.oracle_candidates must be >= 0, got {self.oracle_candidates}')
         if self.oracle_init_std is not None and not 0.0 < float(self.oracle_init_std) < math.inf:
             raise ValueError(f'eval.oracle_init_std must be > 0, got {self.oracle_init_std}')
         if self.oracle_episodes is not None and int(self.oracle_episodes) < 0:
@@ -227,7 +233,7 @@ class RandomPolicy:
         delta = planning.vector('max_delta')
         self.delta = np.array(delta) if delta is not None else (self.upper - self.lower)
         self.seed = int(seed)
-        self.rng = np.random.default_rng(seed)
+        self.rng: np.random.Generator | None = None  # drawn per goal in begin
 
     def begin(self, goal: Goal) -> None:
         # draws depend on the seed and the goal only: a shard of a run draws what the run does
@@ -262,6 +268,7 @@ class OraclePolicy:
         self.planner = make_planner(cfg.oracle_planner, planning)
         self.model = model
         self.replan_every = int(cfg.oracle_replan_every)
+        self.candidates = int(cfg.oracle_candidates) if hasattr(scene, 'candidate_plans') else 0
         self.dynamics = TrueDynamics(scene.name, scene.config,
                                      None if model is None else model.encode)
         self.cost = None
@@ -270,6 +277,7 @@ class OraclePolicy:
     def begin(self, goal: Goal) -> None:
         self.planner.reset()
         self._plan = None
+        self._rng = np.random.default_rng(zlib.crc32(goal.state.tobytes()))  # the proposals
         if self.model is None:
             self.cost = latent_goal_cost(torch.as_tensor(goal.features), 'euclidean',
                                          self.config.terminal_weight, self.config.running_weight)
@@ -292,10 +300,13 @@ class OraclePolicy:
         m = self.replan_every // self.planner.config.action_block
         prev = None if self._plan is None or self.replan_every == 1 else \
             torch.as_tensor(self._plan[m - 1:])
+        p = self.planner.config
+        starts = None if not self.candidates else torch.as_tensor(self.scene.candidate_plans(
+            self.candidates, int(p.horizon), int(p.action_block), self._rng))
         result = self.planner.plan(torch.as_tensor(self.scene.get_state()), self.dynamics,
                                    self.cost, prev_plan=prev,
                                    current_action=torch.as_tensor(executed),
-                                   hold_action=torch.as_tensor(hold))
+                                   hold_action=torch.as_tensor(hold), starts=starts)
         self._plan, self._age = result.actions.numpy(), 1
         return self._plan[0].astype(np.float64), 1e3 * (time.perf_counter() - t0)
 

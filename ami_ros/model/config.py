@@ -60,9 +60,14 @@ class KeypointEncoderConfig:
     scale: float = 3.0
     """Image half-width in latent units: positions span [-scale, scale], so that the
     anti-collapse term's unit spread per dimension is reachable."""
+    background: bool = False
+    """Subtract the scene's static background (the per-pixel median of training frames, kept
+    in the checkpoint) before the heat maps, so that keypoints find what moves (fixed cameras)
+    rather than the static edges of the image."""
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
+        self.background = bool(self.background)
         _check(len(self.channels) >= 2 and all(1 <= c <= 1024 for c in self.channels),
                'keypoints.channels', self.channels, 'must be >= 2 counts in [1, 1024]')
         _check(self.first_stride in (1, 2), 'keypoints.first_stride', self.first_stride,
@@ -349,6 +354,14 @@ class LossConfig:
     state_proprio_weight: float = 1.0
     """World model v2 (``model.proprio.enabled``): weight of the predicted joint positions and
     end effector against the measured ones (standardised), next to the visual latent's terms."""
+    contrastive_weight: float = 0.0
+    """Weight of a contrastive prediction term (InfoNCE, as in CPC): each open-loop prediction
+    must be nearer its own target state than every other target of the batch (all windows, all
+    steps). With the joint states in the state, the contrast is on the whole state, so the
+    visual latent gains only by telling apart what the joints do not: the objects the robot
+    moves (0 = off)."""
+    contrastive_temperature: float = 1.0
+    """InfoNCE temperature: logits are minus squared state distances over it."""
 
     def __post_init__(self):
         _check(self.regularizer in ('sigreg', 'vicreg'), 'loss.regularizer', self.regularizer,
@@ -357,7 +370,7 @@ class LossConfig:
                "must be 'online', 'detach' or 'ema'")
         for name in ('reg_weight', 'vicreg_variance_weight', 'vicreg_covariance_weight',
                      'teacher_forcing_weight', 'rollout_weight', 'idm_weight', 'proprio_weight',
-                     'state_proprio_weight'):
+                     'state_proprio_weight', 'contrastive_weight'):
             v = getattr(self, name)
             _check(0 <= v < 1e6, f'loss.{name}', v, 'must be >= 0')
         _check(self.teacher_forcing_weight + self.rollout_weight > 0, 'loss.rollout_weight',

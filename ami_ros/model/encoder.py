@@ -81,26 +81,38 @@ class KeypointEncoder(nn.Module):
     """Spatial-softmax keypoints as the latent: (B, 3, S, S) -> (B, 2K) = scale * (x..., y...)."""
 
     def __init__(self, channels: tuple[int, ...], keypoints: int, first_stride: int,
-                 scale: float):
+                 scale: float, background_size: int = 0):
         super().__init__()
         self.points = SpatialKeypoints(channels, keypoints, first_stride)
         self.k = keypoints
         self.scale = float(scale)
         self.token_dim = keypoints
+        # the static background (normalised image) subtracted first; set by set_background
+        s = int(background_size)
+        self.register_buffer('background', torch.zeros(1, 3, s, s) if s else None)
+
+    @torch.no_grad()
+    def set_background(self, images: torch.Tensor) -> None:
+        """Set the background to the per-pixel median of normalised images (N, 3, S, S)."""
+        self.background.copy_(images.median(dim=0, keepdim=True).values)
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.background is None else x - self.background
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """The heat maps as tokens: (B, h'*w', K)."""
-        return self.points.heat_maps(x).flatten(2).transpose(1, 2)
+        return self.points.heat_maps(self._input(x)).flatten(2).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.points(x)[:, :2 * self.k]                # (B, 2K)
+        return self.scale * self.points(self._input(x))[:, :2 * self.k]   # (B, 2K)
 
 
 def build_encoder(config: ModelConfig) -> nn.Module:
     """The encoder named by ``config.encoder``."""
     if config.encoder == 'keypoints':
         k = config.keypoints
-        return KeypointEncoder(k.channels, config.latent_dim // 2, k.first_stride, k.scale)
+        return KeypointEncoder(k.channels, config.latent_dim // 2, k.first_stride, k.scale,
+                               config.image_size if k.background else 0)
     if config.encoder == 'cnn':
         return CNNEncoder(config.image_size, config.cnn.channels, config.latent_dim)
     v = config.vit

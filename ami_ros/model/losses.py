@@ -57,6 +57,18 @@ def vicreg(z: torch.Tensor, variance_weight: float = 1.0, covariance_weight: flo
     return variance_weight * var_loss + covariance_weight * cov_loss
 
 
+def info_nce(pred: torch.Tensor, target: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Compute the InfoNCE loss of predictions (N, D) against targets (N, D): i's is target i.
+
+    Logits are minus squared Euclidean distances over ``temperature``; the loss is the
+    cross-entropy of picking each prediction's own target among all N (CPC, van den Oord et al.
+    2018). log(N) at chance, 0 when every prediction is far nearer its own target.
+    """
+    logits = -torch.cdist(pred, target).square() / temperature  # (N, N)
+    labels = torch.arange(pred.shape[0], device=pred.device)
+    return torch.nn.functional.cross_entropy(logits, labels)
+
+
 def effective_rank(z: torch.Tensor) -> float:
     """exp(entropy) of the normalised singular values of the centred latent matrix (N, D).
 

@@ -93,7 +93,7 @@ class PlannerNode(ModelNode):
         self.controller = None
 
     def backend_sizes(self, config: PlannerNodeConfig) -> dict[str, int]:
-        return {'horizon': config.horizon * config.action_block, 'planning_batch': config.samples}
+        return {'horizon': config.rollout_steps, 'planning_batch': config.samples}
 
     def on_params(self, old, new) -> None:
         if self.controller is None:

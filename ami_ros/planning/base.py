@@ -109,7 +109,8 @@ class SamplingPlanner:
              current_action: Optional[torch.Tensor] = None,
              hold_action: Optional[torch.Tensor] = None,
              search: Optional[Callable] = None,
-             guide_action: Optional[torch.Tensor] = None) -> PlanResult:
+             guide_action: Optional[torch.Tensor] = None,
+             starts: Optional[torch.Tensor] = None) -> PlanResult:
         """Plan from ``state``.
 
         prev_plan: (H, A) previous plan; defaults to the one this planner returned last. Used
@@ -123,6 +124,9 @@ class SamplingPlanner:
         search: runs :meth:`search` elsewhere (an inference backend's graph of it, see
         ``ami_ros.planning.graph``), called as ``search(state, mean, std, noise, hold,
         limits)`` with hold (H, A) (the mean when there is none).
+        starts: (K, H, A) other sequences to search from (scripted motions, say): they and the
+        usual starting mean are rolled out once, and the search starts from the cheapest
+        (multi-start; the torch search only).
         """
         if not isinstance(state, torch.Tensor):
             raise TypeError(f'{self.name}: state must be a tensor, got {type(state).__name__}')
@@ -144,6 +148,14 @@ class SamplingPlanner:
         start = prev if warm else next(v for v in (hold, current, box.centre) if v is not None)
         mean = box.project(start.expand(h, a)[None])[0]  # (H, A)
         std = torch.tensor(cfg.vector('init_std'), device=dev, dtype=dtype).expand(h, a)  # (H, A)
+        if starts is not None and len(starts):
+            if search is not None:
+                raise ValueError(f'{self.name}: starts need the torch search, not a backend graph')
+            options = box.project(torch.cat([mean[None], torch.as_tensor(starts).to(
+                device=dev, dtype=dtype).reshape(-1, h, a)], dim=0))  # (1 + K, H, A)
+            with torch.no_grad():
+                costs = _evaluate(self.name, state, options, dynamics, cost, k)[1]  # (1 + K,)
+            mean = options[int(torch.argmin(costs))]  # ties: the usual mean
         gen = self._rng(dev)
         noise = torch.randn((iters, n, h, a), generator=gen, device=dev, dtype=dtype)  # (I,N,H,A)
         guide = _vector('guide_action', guide_action, a, dev, dtype)  # (A,) or None

@@ -161,6 +161,7 @@ class PushTScene(Scene):
         self._target = np.zeros(2)
         self._action = np.zeros(2)  # the env's action in env units; what step() applies
         self._coverage = 0.0
+        self._trial: PushTScene | None = None  # where candidate plans are tried, made on use
         self.reset(seed=int(config.seed))
 
     # -- episode -------------------------------------------------------------------------------
@@ -250,6 +251,35 @@ class PushTScene(Scene):
     def make_expert(self, rng: np.random.Generator):
         """An expert-like pusher towards the goal T (:class:`PushTExpert`)."""
         return PushTExpert(self, rng)
+
+    def candidate_plans(self, n: int, horizon: int, block: int,
+                        rng: np.random.Generator) -> np.ndarray:
+        """(<= n, horizon, 2) target sequences (m) of scripted pushes from the current state.
+
+        Each is one of the explorer's pushes (a random point of the T, pushed from a random
+        side, the way round the T included), run on a private copy of the scene for horizon x
+        block steps and read at the end of each block. Searches start from the best of them:
+        the ways round the T are a few discrete choices a Gaussian around one plan rarely
+        samples. The live scene is not touched.
+        """
+        if self._trial is None:
+            self._trial = PushTScene(self.config)
+        trial, start = self._trial, self.get_state()
+        plans = []
+        for _ in range(int(n)):
+            trial.set_state(start)
+            pusher = PushTExplorer(trial, rng)
+            push = pusher._plan_push()
+            if push is None:
+                continue
+            goals, targets, goal = pusher._run_push(push), [], None
+            for _ in range(int(horizon) * int(block)):
+                goal = next(goals, goal)  # the push done, the pusher stays at its last goal
+                targets.append(pusher._step_towards(goal))
+                trial.set_target(targets[-1])
+                trial.step()
+            plans.append(targets[int(block) - 1::int(block)])
+        return np.asarray(plans, dtype=np.float64).reshape(-1, int(horizon), 2)
 
     # -- full state ----------------------------------------------------------------------------
 

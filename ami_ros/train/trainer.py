@@ -5,6 +5,7 @@ Phase 1 minimises, on windows of ``history + horizon`` frames,
     teacher_forcing_weight * 1-step latent prediction error (from encoded histories)
   + rollout_weight         * H-step open-loop latent prediction error
   + reg_weight             * SIGReg or VICReg of all the window's latents (anti-collapse)
+  + contrastive_weight     * InfoNCE of the rollout's predictions against the batch's targets
 
 with AdamW, warm-up + cosine learning rate and gradient clipping. Batches are drawn by a
 generator seeded with (seed, step), so a run is a pure function of its config and a resumed run
@@ -46,10 +47,10 @@ from ami_ros.data.episode import Episode
 from ami_ros.model.checkpoint import (CheckpointError, load_checkpoint, load_train_state,
                                       save_checkpoint, save_train_state)
 from ami_ros.model.config import ConfigError, LossConfig, RunConfig, to_dict
-from ami_ros.model.losses import effective_rank, latent_variance, sigreg, vicreg
+from ami_ros.model.losses import effective_rank, info_nce, latent_variance, sigreg, vicreg
 from ami_ros.model.world_model import WorldModel
 from ami_ros.train.dataset import (DataError, WindowDataset, action_stats, check_episodes,
-                                   proprio_stats)
+                                   proprio_stats, resize_frames)
 from ami_ros.train.evaluate import encode_episodes, one_step_error_scale, rollout_errors
 from ami_ros.train.probing import train_probes
 from ami_ros.train.reader import train_reader
@@ -185,6 +186,10 @@ class Objective(nn.Module):
         if cfg.rollout_weight > 0:
             roll = model.rollout_normalized(state[:, :k], a[:, k - m:length - 1])  # (B, H, D)
             total = total + pred_loss('pred_rollout', roll, cfg.rollout_weight)
+            if cfg.contrastive_weight > 0:
+                out['contrastive'] = info_nce(roll.flatten(0, 1), target.flatten(0, 1),
+                                              cfg.contrastive_temperature)
+                total = total + cfg.contrastive_weight * out['contrastive']
         if self.proprio is not None:
             joints_n = (joints[..., :j] - self.joint_mean) / self.joint_std        # (B, L, J)
             out['proprio'] = F.mse_loss(self.proprio(z), joints_n)
@@ -206,6 +211,14 @@ class Objective(nn.Module):
                 for g in groups]).mean()
         out['loss'] = total + cfg.reg_weight * out['reg']
         return out
+
+
+def background_frames(episodes: list[Episode], size: int, count: int = 1024) -> np.ndarray:
+    """(N, S, S, 3) uint8: up to ``count`` frames spread evenly over all episodes, resized."""
+    index = [(i, t) for i, ep in enumerate(episodes) for t in range(len(ep))]
+    pick = np.linspace(0, len(index) - 1, min(count, len(index))).astype(int)
+    frames = np.stack([episodes[i].images[t] for i, t in (index[j] for j in pick)])
+    return resize_frames(frames, size)
 
 
 def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
@@ -282,6 +295,9 @@ class Trainer:
         with_ee = mcfg.proprio.enabled and mcfg.proprio.ee_dim > 0
         if mcfg.proprio.enabled:
             self.model.set_proprio_stats(*proprio_stats(train_episodes, with_ee))
+        if getattr(self.model.encoder, 'background', None) is not None:
+            self.model.encoder.set_background(self.model.preprocess(
+                background_frames(train_episodes, mcfg.image_size)))
         self.model.to(self.dist.device)
         self.train_data = WindowDataset(train_episodes, self.window, mcfg.image_size, with_ee)
         self.val_data = (WindowDataset(self.val_episodes, self.window, mcfg.image_size, with_ee)
@@ -581,7 +597,8 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         pts = [(r['step'], r[key]) for r in rows if key in r and r[key] is not None]
         return ([p[0] for p in pts], [p[1] for p in pts])
 
-    for key in ('pred_1step', 'pred_rollout', 'reg', 'idm', 'proprio', 'val_pred_rollout'):
+    for key in ('pred_1step', 'pred_rollout', 'reg', 'idm', 'proprio', 'contrastive',
+                'val_pred_rollout'):
         x, y = series(key)
         if x:
             axes[0].plot(x, y, label=key)
