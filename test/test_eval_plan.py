@@ -243,6 +243,46 @@ def test_oracle_holds_each_planned_action_for_its_block_and_replans_every_block(
         pe.PlanEvalConfig(goal_policy='human')
 
 
+def test_oracle_weighs_its_features_and_starts_from_the_scenes_pushes():
+    """oracle_feature_weights scale the true cost; oracle_candidates add scripted starts."""
+    from ami_ros.config import load_scene_config
+    from ami_ros.evaluation import plan_eval as pe
+    from ami_ros.safety import Limits
+    from ami_ros.sim import SceneConfig, make_scene
+
+    scene = make_scene('pusht', SceneConfig(image_size=32, seed=3))
+    limits = Limits(('x', 'y'), scene.lower, scene.upper, np.asarray(scene.velocity_limit))
+    mpc = load_scene_config('pusht').mpc(limits)
+    base = dict(steps=6, goal_steps=5, success_at='any', require_coverage=False,
+                oracle_samples=4, oracle_iterations=1, oracle_horizon=2, oracle_action_block=3,
+                oracle_replan_every=3)
+    ecfg = pe.PlanEvalConfig(**base, oracle_feature_weights=(0, 0, 1, 1, 1, 1),
+                             oracle_candidates=3)
+    start, goal = pe.make_goal(scene, np.random.default_rng(0), ecfg)
+    pe.reset_to(scene, start, goal)
+    g = torch.as_tensor(goal.features)
+    pusher_off = g.clone()
+    pusher_off[:2] += 50.0                              # the pusher 50 units off, the T right
+    predicted = torch.stack([g, pusher_off])[:, None]   # (2, H=1, 6)
+    costs = {}
+    for name, cfg in (('weighted', ecfg), ('plain', pe.PlanEvalConfig(**base))):
+        oracle = pe.OraclePolicy(scene, mpc, cfg)
+        oracle.begin(goal)
+        costs[name] = oracle.cost(predicted, torch.zeros(2, 1, 2)).tolist()
+        oracle(scene.render(), scene.joint_positions, 0.0, scene.target)
+        costs[name + ' steps'] = oracle.dynamics.steps
+        oracle.close()
+    assert costs['weighted'][0] == pytest.approx(costs['weighted'][1])  # the pusher weighs 0
+    assert costs['plain'][1] > costs['plain'][0] + 10.0
+    # one plan: (4 samples + the final mean) x 2 actions x 3 steps, and 3 starts + the mean once
+    assert costs['plain steps'] == 5 * 2 * 3
+    assert costs['weighted steps'] == 5 * 2 * 3 + 4 * 2 * 3
+    with pytest.raises(ValueError, match='oracle_feature_weights'):
+        pe.PlanEvalConfig(oracle_feature_weights=(1.0, -1.0))
+    with pytest.raises(ValueError, match='oracle_candidates'):
+        pe.PlanEvalConfig(oracle_candidates=-1)
+
+
 def test_a_shard_of_an_evaluation_runs_the_episodes_of_the_whole_run():
     from ami_ros.config import load_scene_config
     from ami_ros.evaluation import plan_eval as pe

@@ -94,6 +94,10 @@ class PlanEvalConfig:
     """Oracle planner: scripted motions the scene proposes (pusht: pushes of the T from random
     sides, the way round it included) that each plan's search may start from, instead of the
     last plan (0 = none; scenes without proposals ignore it)."""
+    oracle_feature_weights: Optional[tuple] = None
+    """Oracle: weight of each ground-truth feature in its cost (pusht: pusher x, y, block x, y,
+    block angle cos, sin; see ``evaluation.oracle.state_features``); None = all 1. The success
+    rule is not weighted."""
     oracle_episodes: Optional[int] = None
     """Run the oracle on only the first N episodes (it is slow); None = all."""
 
@@ -123,6 +127,11 @@ class PlanEvalConfig:
             raise ValueError(f'eval.oracle_replan_every must be 1 or a multiple of '
                              f'oracle_action_block={self.oracle_action_block}, '
                              f'got {self.oracle_replan_every}')
+        if self.oracle_feature_weights is not None:
+            self.oracle_feature_weights = tuple(float(v) for v in self.oracle_feature_weights)
+            if not all(0.0 <= v < math.inf for v in self.oracle_feature_weights):
+                raise ValueError(f'eval.oracle_feature_weights must be >= 0, '
+                                 f'got {self.oracle_feature_weights}')
         if int(self.oracle_candidates) < 0:
             raise ValueError(f'eval.oracle_candidates must be >= 0, got {self.oracle_candidates}')
         if self.oracle_init_std is not None and not 0.0 < float(self.oracle_init_std) < math.inf:
@@ -269,6 +278,7 @@ class OraclePolicy:
         self.model = model
         self.replan_every = int(cfg.oracle_replan_every)
         self.candidates = int(cfg.oracle_candidates) if hasattr(scene, 'candidate_plans') else 0
+        self.weights = cfg.oracle_feature_weights
         self.dynamics = TrueDynamics(scene.name, scene.config,
                                      None if model is None else model.encode)
         self.cost = None
@@ -279,8 +289,14 @@ class OraclePolicy:
         self._plan = None
         self._rng = np.random.default_rng(zlib.crc32(goal.state.tobytes()))  # the proposals
         if self.model is None:
-            self.cost = latent_goal_cost(torch.as_tensor(goal.features), 'euclidean',
+            w = torch.ones(len(goal.features), dtype=torch.float64) if self.weights is None \
+                else torch.as_tensor(self.weights, dtype=torch.float64)
+            if len(w) != len(goal.features):
+                raise ValueError(f'eval.oracle_feature_weights: {len(w)} weights for '
+                                 f'{len(goal.features)} features of scene {self.scene.name}')
+            true_cost = latent_goal_cost(w * torch.as_tensor(goal.features), 'euclidean',
                                          self.config.terminal_weight, self.config.running_weight)
+            self.cost = lambda predicted, actions: true_cost(w.to(predicted) * predicted, actions)
             return
         with torch.no_grad():
             z_goal = torch.as_tensor(self.model.encode(goal.image[None]))[0].double()
