@@ -320,3 +320,22 @@ def test_random_shift_moves_whole_windows_alike():
     assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
     assert len({bytes(w[0].numpy()) for w in out}) > 1
     assert all(int((w[0] == 255).all(-1).sum()) == 16 for w in out)
+
+
+def test_the_contrastive_term_on_encodings_trains_the_encoder_alone(tmp_path, episodes):
+    """contrastive_on: encoding needs no rollout; on the rollout it needs one."""
+    from ami_ros.model.config import ConfigError
+
+    train, val = episodes
+    cfg = tiny_run_config(steps=4)
+    cfg.probe.steps = 0
+    cfg.loss.contrastive_weight, cfg.loss.contrastive_on, cfg.loss.rollout_weight = \
+        1.0, 'encoding', 0.0
+    Trainer(cfg, train, val, tmp_path / 'enc', progress=False).run()
+    rows = json.loads((tmp_path / 'enc' / 'log.json').read_text())['records']
+    values = [r['contrastive'] for r in rows if r.get('contrastive') is not None]
+    assert values and all(0.0 < v < 10.0 for v in values)   # logged, finite, below log(N)...
+    with pytest.raises(ConfigError, match='contrastive_on'):
+        LossConfig(contrastive_weight=1.0, rollout_weight=0.0)
+    with pytest.raises(ConfigError, match='contrastive_on'):
+        LossConfig(contrastive_on='pixels')

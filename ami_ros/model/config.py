@@ -360,6 +360,11 @@ class LossConfig:
     steps). With the joint states in the state, the contrast is on the whole state, so the
     visual latent gains only by telling apart what the joints do not: the objects the robot
     moves (0 = off)."""
+    contrastive_on: str = 'rollout'
+    """What the contrastive term compares with the targets: ``rollout`` (the open-loop
+    predictions: CPC) or ``encoding`` (each window frame's own state, online encoder, against
+    the next frame's target: the encoder alone learns from it, the predictor from the
+    prediction errors only)."""
     contrastive_temperature: float = 1.0
     """InfoNCE temperature: logits are minus squared state distances over it."""
 
@@ -381,6 +386,13 @@ class LossConfig:
                'must be in [3, 257]')
         _check(0.5 <= self.sigreg_t_max <= 10, 'loss.sigreg_t_max', self.sigreg_t_max,
                'must be in [0.5, 10]')
+        _check(self.contrastive_on in ('rollout', 'encoding'), 'loss.contrastive_on',
+               self.contrastive_on, "must be 'rollout' or 'encoding'")
+        _check(not (self.contrastive_weight > 0 and self.contrastive_on == 'rollout'
+                    and self.rollout_weight == 0), 'loss.contrastive_on', self.contrastive_on,
+               "needs loss.rollout_weight > 0 (or contrastive_on: 'encoding')")
+        _check(1e-3 <= self.contrastive_temperature <= 1e3, 'loss.contrastive_temperature',
+               self.contrastive_temperature, 'must be in [0.001, 1000]')
         _check(1 <= self.horizon <= 64, 'loss.horizon', self.horizon, 'must be in [1, 64]')
         _check(0 < self.ema_decay < 1, 'loss.ema_decay', self.ema_decay, 'must be in (0, 1)')
         _check(4 <= self.idm_hidden <= 8192, 'loss.idm_hidden', self.idm_hidden,

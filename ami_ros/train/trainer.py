@@ -186,10 +186,12 @@ class Objective(nn.Module):
         if cfg.rollout_weight > 0:
             roll = model.rollout_normalized(state[:, :k], a[:, k - m:length - 1])  # (B, H, D)
             total = total + pred_loss('pred_rollout', roll, cfg.rollout_weight)
-            if cfg.contrastive_weight > 0:
-                out['contrastive'] = info_nce(roll.flatten(0, 1), target.flatten(0, 1),
-                                              cfg.contrastive_temperature)
-                total = total + cfg.contrastive_weight * out['contrastive']
+        if cfg.contrastive_weight > 0:
+            # CPC on the rollout, or each frame's state against the next frame's target
+            anchor = roll if cfg.contrastive_on == 'rollout' else state[:, k - 1:length - 1]
+            out['contrastive'] = info_nce(anchor.flatten(0, 1), target.flatten(0, 1),
+                                          cfg.contrastive_temperature)
+            total = total + cfg.contrastive_weight * out['contrastive']
         if self.proprio is not None:
             joints_n = (joints[..., :j] - self.joint_mean) / self.joint_std        # (B, L, J)
             out['proprio'] = F.mse_loss(self.proprio(z), joints_n)
