@@ -325,18 +325,25 @@ def test_goal_posture_ik_stays_in_the_basin_of_its_start_and_within_limits():
     assert q[1] <= 0.5 + 1e-6  # the limits hold at every iterate
 
 
+def bump_world():
+    """(dynamics, cost) where the state is the action and a bump lies between 0 and the goal 2."""
+    def dynamics(state, actions):
+        return actions
+
+    def cost(predicted, actions):
+        x = predicted[:, -1, 0]
+        return torch.where(x < 1.0, x.abs() * 0.1, (x - 2.0).abs() * 0.01 - 0.05)
+
+    return dynamics, cost
+
+
 @pytest.mark.parametrize('name', ['cem', 'mppi'])
 def test_the_guide_candidate_leads_out_of_a_local_minimum(name):
     """A cost with a local minimum at the start: sampling near it stays, the guide's path wins."""
     cfg = PlannerConfig(action_dim=1, horizon=4, n_samples=16, iterations=2, n_elites=4,
                         init_std=0.01, min_std=0.01, max_delta=(0.5,), seed=0)
 
-    def dynamics(state, actions):  # the state is the action
-        return actions
-
-    def cost(predicted, actions):  # a bump between 0 (start) and the goal at 2
-        x = predicted[:, -1, 0]
-        return torch.where(x < 1.0, x.abs() * 0.1, (x - 2.0).abs() * 0.01 - 0.05)
+    dynamics, cost = bump_world()
 
     zero = torch.zeros(1, device=DEVICE)
     stuck = make_planner(name, cfg).plan(zero, dynamics, cost, current_action=zero,
@@ -356,12 +363,7 @@ def test_the_search_starts_from_the_cheapest_of_the_given_starts(name):
     cfg = PlannerConfig(action_dim=1, horizon=4, n_samples=16, iterations=2, n_elites=4,
                         init_std=0.01, min_std=0.01, seed=0)
 
-    def dynamics(state, actions):  # the state is the action
-        return actions
-
-    def cost(predicted, actions):  # a bump between 0 (start) and the goal at 2
-        x = predicted[:, -1, 0]
-        return torch.where(x < 1.0, x.abs() * 0.1, (x - 2.0).abs() * 0.01 - 0.05)
+    dynamics, cost = bump_world()
 
     zero = torch.zeros(1, device=DEVICE)
     starts = torch.tensor([[[0.1], [0.2], [0.1], [0.0]],     # stays before the bump
