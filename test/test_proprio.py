@@ -266,3 +266,81 @@ def test_the_agent_scores_the_cameras_reading_against_the_measured_joints():
     expected = float((read - measured)[D:].double().pow(2).mean().sqrt())
     assert expected > 0 and step.channels['reading'] == pytest.approx(expected, rel=1e-5)
     assert set(step.channels) == {'all', 'visual', 'joints', 'ee', 'reading'}
+
+
+def self_masked_model() -> WorldModel:
+    """Keypoints with the robot masked out where x = q0, y = q1 (image 0..1), radius 0.2.
+
+    The heat maps are rigged to be brightness, so the keypoints sit on whatever bright is left.
+    """
+    from ami_ros.model.config import KeypointEncoderConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=16, latent_dim=8, action_dim=J, encoder='keypoints',
+                      keypoints=KeypointEncoderConfig(channels=(8, 8), background=True, self_mask=(
+                          1.0, 0.0, 0.0, 0.0, 1.0, 0.0), self_mask_radius=0.2),
+                      predictor=PredictorConfig(history=2, action_history=1, hidden=16, layers=1),
+                      probe_hidden=8, proprio=ProprioConfig(
+                          enabled=True, reader_channels=(4, 4), reader_keypoints=4,
+                          reader_hidden=8, fk_hidden=8))
+    model = WorldModel(cfg)
+    model.set_proprio_stats([0.5, 0.5], [0.3, 0.3], [0.1, 0.2, 0.3], [0.5, 0.5, 0.5])
+    model.encoder.set_background(model.preprocess(np.zeros((1, 16, 16, 3), np.uint8)))
+    with torch.no_grad():
+        conv = model.encoder.points.conv
+        for layer in conv:
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        conv[0].weight[:, :3, 2, 2] = 1.0
+        conv[2].weight[:, :, 1, 1] = torch.eye(8)
+        conv[-1].weight[:, 0, 0, 0] = 50.0
+    return model.eval()
+
+
+def test_the_self_mask_hides_the_robot_where_its_joints_put_it(tmp_path, capsys):
+    """keypoints.self_mask: the robot's disc is blanked, so the keypoints sit on the object."""
+    model = self_masked_model()
+    frames = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+    frames[:, 0:4, 12:16] = 255                               # the object, top right
+    frames[0, 10:14, 2:6] = 255                               # the robot, bottom left ...
+    frames[1, 10:14, 8:12] = 255                              # ... then bottom middle
+    q = torch.tensor([[4 / 16, 12 / 16], [10 / 16, 12 / 16]])  # where the joints put it
+    with torch.no_grad():
+        z = model.encode(frames, q)[:, :8]
+        torch.testing.assert_close(z[0], z[1])                # the robot moved: no change
+        assert bool((z[:, :4] > 1.5).all() and (z[:, 4:] < -1.5).all())  # all on the object
+        far = model.encode(frames, torch.tensor([[0.9, 0.9], [0.9, 0.9]]))[:, :8]
+        assert bool((far[:, 4:] > z[:, 4:] + 1.0).all())      # unmasked, the robot pulls them
+        # a goal image: the mask goes where the reader reads the joints
+        read = model.encode(frames)
+        torch.testing.assert_close(read[:, :8], model.visual(
+            model.preprocess(frames), model.probe(read)['joint_positions']))
+    with pytest.raises(ValueError, match='pass the joint positions'):
+        model.encoder(model.preprocess(frames))
+    pytest.importorskip('onnxruntime', reason='ONNX Runtime is not installed')
+    from ami_ros.cli import main
+    save_checkpoint(model, tmp_path / 'm')                     # ONNX Runtime == PyTorch
+    assert main(['export', '--checkpoint', str(tmp_path / 'm'), '--format', 'onnx',
+                 '--out', str(tmp_path / 'onnx')]) == 0
+    torch.testing.assert_close(load_checkpoint(tmp_path / 'm').encode(frames, q), model.encode(
+        frames, q))
+
+
+def test_self_mask_settings_are_checked():
+    from ami_ros.model.config import ConfigError, KeypointEncoderConfig, RunConfig, TrainConfig
+
+    kp = KeypointEncoderConfig(self_mask=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), self_mask_radius=0.1,
+                               background=True)
+    proprio = ProprioConfig(enabled=True)
+    with pytest.raises(ConfigError, match='needs encoder: keypoints and proprio'):
+        ModelConfig(encoder='keypoints', keypoints=kp)
+    with pytest.raises(ConfigError, match='2 x \\(joints \\+ 1\\) = 8'):
+        ModelConfig(encoder='keypoints', keypoints=kp, proprio=proprio, action_dim=3)
+    with pytest.raises(ConfigError, match='self_mask_radius'):
+        KeypointEncoderConfig(self_mask=kp.self_mask, background=True)
+    with pytest.raises(ConfigError, match='background'):
+        KeypointEncoderConfig(self_mask=kp.self_mask, self_mask_radius=0.1)
+    with pytest.raises(ConfigError, match='augment_shift'):
+        RunConfig(model=ModelConfig(encoder='keypoints', keypoints=kp, proprio=proprio),
+                  train=TrainConfig(augment_shift=4))

@@ -77,14 +77,13 @@ class _EncoderGraph(_Graph):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         m = self.model
         x = m.preprocess(images).to(self.dtype)  # normalised, at the encoder's size
-        z = m.encoder(x)
-        if getattr(m, 'reader', None) is not None:
-            # v2: the state read from the image alone (joints and end effector by the reader),
-            # which may read larger frames than the encoder sees
-            if m.reader_size != m.config.image_size:
-                x = m.preprocess(images, m.reader_size).to(self.dtype)
-            z = torch.cat([z, m.reader(x).to(z.dtype)], dim=-1)
-        return z.float()
+        if getattr(m, 'reader', None) is None:
+            return m.encoder(x).float()
+        # v2: the state read from the image alone (joints and end effector by the reader),
+        # which may read larger frames than the encoder sees
+        xr = x if m.reader_size == m.config.image_size else m.preprocess(
+            images, m.reader_size).to(self.dtype)
+        return m.state_of(x, m.reader(xr)).float()
 
 
 class _RolloutGraph(_Graph):

@@ -64,10 +64,27 @@ class KeypointEncoderConfig:
     """Subtract the scene's static background (the per-pixel median of training frames, kept
     in the checkpoint) before the heat maps, so that keypoints find what moves (fixed cameras)
     rather than the static edges of the image."""
+    self_mask: tuple[float, ...] = ()
+    """The robot's own body masked out of the image (a self-filter), so that the keypoints go
+    to the world rather than to what the joint states already say: an affine map from the
+    joint positions to where the robot is in the image, 2 x (J + 1) numbers row by row
+    (x = a_x . q + b_x, then y; image coordinates 0..1 from the top-left corner, x right, y
+    down), e.g. a gantry seen from above; the disc shows the background instead. Needs
+    ``background`` and ``proprio.enabled``; the joint positions come
+    from the joint states (or the reader, for a goal image). Empty = off."""
+    self_mask_radius: float = 0.0
+    """Radius of the masked disc round that point, as a fraction of the image side."""
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
         self.background = bool(self.background)
+        self.self_mask = tuple(float(v) for v in self.self_mask)
+        _check(len(self.self_mask) % 2 == 0 and len(self.self_mask) != 2,
+               'keypoints.self_mask', self.self_mask, 'must be 2 x (joints + 1) numbers')
+        _check(not self.self_mask or 0 < self.self_mask_radius <= 0.5,
+               'keypoints.self_mask_radius', self.self_mask_radius, 'must be in (0, 0.5]')
+        _check(not self.self_mask or self.background, 'keypoints.background', self.background,
+               'must be true with self_mask (the robot is replaced by the background)')
         _check(len(self.channels) >= 2 and all(1 <= c <= 1024 for c in self.channels),
                'keypoints.channels', self.channels, 'must be >= 2 counts in [1, 1024]')
         _check(self.first_stride in (1, 2), 'keypoints.first_stride', self.first_stride,
@@ -267,6 +284,13 @@ class ModelConfig:
                "must be 'cnn', 'vit' or 'keypoints'")
         _check(self.encoder != 'keypoints' or self.latent_dim % 2 == 0, 'model.latent_dim',
                self.latent_dim, 'must be even with the keypoints encoder (x, y per keypoint)')
+        if self.keypoints.self_mask:
+            _check(self.encoder == 'keypoints' and self.proprio.enabled,
+                   'model.keypoints.self_mask', self.keypoints.self_mask,
+                   'needs encoder: keypoints and proprio.enabled (it reads the joint positions)')
+            _check(not self.action_dim or len(self.keypoints.self_mask) == 2 * (
+                self.action_dim + 1), 'model.keypoints.self_mask', self.keypoints.self_mask,
+                f'must have 2 x (joints + 1) = {2 * (self.action_dim + 1)} numbers')
         _check(16 <= self.image_size <= 512, 'model.image_size', self.image_size,
                'must be in [16, 512]')
         _check(2 <= self.latent_dim <= 4096, 'model.latent_dim', self.latent_dim,
@@ -606,6 +630,12 @@ class RunConfig:
     """Posture-reader phase of models with ``model.proprio.enabled`` (``reader:`` block)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Data sources (``data:`` block)."""
+
+    def __post_init__(self):
+        _check(not (self.model.keypoints.self_mask and self.train.augment_shift),
+               'train.augment_shift', self.train.augment_shift,
+               'must be 0 with model.keypoints.self_mask (a shifted image moves the robot off '
+               'where its joint positions put it)')
 
 
 # --------------------------------------------------------------------------------------------

@@ -78,10 +78,16 @@ class ViTEncoder(nn.Module):
 
 
 class KeypointEncoder(nn.Module):
-    """Spatial-softmax keypoints as the latent: (B, 3, S, S) -> (B, 2K) = scale * (x..., y...)."""
+    """Spatial-softmax keypoints as the latent: (B, 3, S, S) -> (B, 2K) = scale * (x..., y...).
+
+    Optionally the static background is subtracted first, and the robot's own body (a disc
+    round where an affine map of the joint positions puts it) is masked out, replaced by the
+    background: then :meth:`forward` needs the joint positions.
+    """
 
     def __init__(self, channels: tuple[int, ...], keypoints: int, first_stride: int,
-                 scale: float, background_size: int = 0):
+                 scale: float, background_size: int = 0, self_mask: tuple[float, ...] = (),
+                 self_mask_radius: float = 0.0):
         super().__init__()
         self.points = SpatialKeypoints(channels, keypoints, first_stride)
         self.k = keypoints
@@ -90,21 +96,46 @@ class KeypointEncoder(nn.Module):
         # the static background (normalised image) subtracted first; set by set_background
         s = int(background_size)
         self.register_buffer('background', torch.zeros(1, 3, s, s) if s else None)
+        # (2, J + 1): joint positions -> where the robot is in the image (0..1, x right, y down)
+        m = torch.tensor(self_mask, dtype=torch.float32).view(2, -1) if self_mask else None
+        self.register_buffer('self_map', m, persistent=False)
+        self.self_radius = float(self_mask_radius)
+
+    @property
+    def needs_joints(self) -> bool:
+        """Whether :meth:`forward` needs the joint positions (the self mask is on)."""
+        return self.self_map is not None
 
     @torch.no_grad()
     def set_background(self, images: torch.Tensor) -> None:
         """Set the background to the per-pixel median of normalised images (N, 3, S, S)."""
         self.background.copy_(images.median(dim=0, keepdim=True).values)
 
-    def _input(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.background is None else x - self.background
+    def self_mask(self, joints: torch.Tensor, size: int) -> torch.Tensor:
+        """(B, 1, size, size): 0 on the robot's disc, 1 elsewhere, for joint positions (B, J)."""
+        m = self.self_map.to(joints.dtype)
+        c = joints @ m[:, :-1].T + m[:, -1]                                   # (B, 2) in 0..1
+        g = (torch.arange(size, device=joints.device, dtype=joints.dtype) + 0.5) / size
+        dx = g.view(1, 1, -1) - c[:, 0].view(-1, 1, 1)
+        dy = g.view(1, -1, 1) - c[:, 1].view(-1, 1, 1)
+        return (dx * dx + dy * dy >= self.self_radius ** 2).to(joints.dtype)[:, None]
 
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+    def _input(self, x: torch.Tensor, joints: torch.Tensor | None) -> torch.Tensor:
+        if self.background is not None:
+            x = x - self.background
+        if self.self_map is None:
+            return x
+        if joints is None:
+            raise ValueError('this keypoint encoder masks the robot out of the image '
+                             '(keypoints.self_mask): pass the joint positions')
+        return x * self.self_mask(joints.to(x.dtype), x.shape[-1])
+
+    def tokens(self, x: torch.Tensor, joints: torch.Tensor | None = None) -> torch.Tensor:
         """The heat maps as tokens: (B, h'*w', K)."""
-        return self.points.heat_maps(self._input(x)).flatten(2).transpose(1, 2)
+        return self.points.heat_maps(self._input(x, joints)).flatten(2).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.points(self._input(x))[:, :2 * self.k]   # (B, 2K)
+    def forward(self, x: torch.Tensor, joints: torch.Tensor | None = None) -> torch.Tensor:
+        return self.scale * self.points(self._input(x, joints))[:, :2 * self.k]   # (B, 2K)
 
 
 def build_encoder(config: ModelConfig) -> nn.Module:
@@ -112,7 +143,8 @@ def build_encoder(config: ModelConfig) -> nn.Module:
     if config.encoder == 'keypoints':
         k = config.keypoints
         return KeypointEncoder(k.channels, config.latent_dim // 2, k.first_stride, k.scale,
-                               config.image_size if k.background else 0)
+                               config.image_size if k.background else 0, k.self_mask,
+                               k.self_mask_radius)
     if config.encoder == 'cnn':
         return CNNEncoder(config.image_size, config.cnn.channels, config.latent_dim)
     v = config.vit

@@ -223,15 +223,31 @@ class WorldModel(nn.Module):
         and end effector come from ``joints`` when given, otherwise from the image (reader).
         """
         x = self.preprocess(images)
-        z = self.encoder(x)
         if self.reader is None:
-            return z
+            return self.encoder(x)
         if joints is not None:
             p = self.proprio_state(joints)
         else:
             p = self.reader(x if self.reader_size == self.config.image_size
                             else self.preprocess(images, self.reader_size))
+        return self.state_of(x, p)
+
+    def state_of(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B, 3, S, S) and their proprio part (B, P) -> states (B, D)."""
+        z = self.visual(x, p[..., :self.action_dim] * self.joint_std + self.joint_mean)
         return torch.cat([z, p.to(z.dtype)], dim=-1)
+
+    def visual(self, x: torch.Tensor, joints: torch.Tensor | None = None,
+               encoder: nn.Module | None = None) -> torch.Tensor:
+        """The visual latent (B, Dv) of normalised images (B, 3, S, S).
+
+        By ``encoder`` (default: the model's; training passes its EMA copy), given the frames'
+        joint positions (B, J) when the encoder masks the robot out (``keypoints.self_mask``).
+        """
+        encoder = encoder if encoder is not None else self.encoder
+        if getattr(encoder, 'needs_joints', False):
+            return encoder(x, joints)
+        return encoder(x)
 
     def proprio_state(self, joints) -> torch.Tensor:
         """Joint positions (..., J) in rad -> the state's proprio part (..., J + E)."""

@@ -145,7 +145,9 @@ class Objective(nn.Module):
         k = model.history
         m = model.config.predictor.action_history
         horizon = length - k
-        z = model.encoder(model.preprocess(images.flatten(0, 1))).view(b, length, -1)  # (B,L,Dv)
+        j = model.action_dim
+        z = model.visual(model.preprocess(images.flatten(0, 1)),
+                         joints[..., :j].flatten(0, 1)).view(b, length, -1)        # (B,L,Dv)
         if target_latents is not None:
             target = target_latents[:, k:]                                         # EMA
         elif cfg.target == 'detach':
@@ -155,7 +157,6 @@ class Objective(nn.Module):
         a = model.normalize_actions(actions)                                       # (B, L, A)
         out = {}
         total = z.new_zeros(())
-        j = model.action_dim
         state, dv = z, z.shape[-1]
         if model.has_proprio:
             # v2: the state carries the measured joint positions and end effector (B, L, P)
@@ -454,7 +455,8 @@ class Trainer:
                 with torch.no_grad():
                     b, length = images.shape[:2]
                     x = self.model.preprocess(images.flatten(0, 1))
-                    target = self.ema(x).view(b, length, -1)
+                    q = joints[..., :self.model.action_dim].flatten(0, 1)
+                    target = self.model.visual(x, q, self.ema).view(b, length, -1)
             losses = module(images, actions, joints, _step_seed(tc.seed, step, 2), target)
             self.optimizer.zero_grad(set_to_none=True)
             losses['loss'].backward()
@@ -513,7 +515,9 @@ class Trainer:
                 target = None
                 if self.ema is not None:
                     b, length = images.shape[:2]
-                    target = self.ema(model.preprocess(images.flatten(0, 1))).view(b, length, -1)
+                    target = model.visual(model.preprocess(images.flatten(0, 1)),
+                                          joints[..., :model.action_dim].flatten(0, 1),
+                                          self.ema).view(b, length, -1)
                 out = self.objective(images, actions, joints, _step_seed(tc.seed, 0, 3), target)
                 for key, v in out.items():
                     sums[key] = sums.get(key, 0.0) + float(v) * len(images)
