@@ -275,6 +275,10 @@ def test_info_nce_picks_each_prediction_out_of_the_batch():
     pred = torch.zeros(64, 8, requires_grad=True)
     info_nce(pred, targets).backward()
     assert float(pred.grad.norm()) > 0  # predictions are pulled to their own targets
+    # groups: a prediction's own group is not its negatives
+    assert float(info_nce(same, same, groups=torch.zeros(64))) == pytest.approx(0.0, abs=1e-6)
+    pairs = torch.arange(32).repeat_interleave(2)          # 32 groups of 2 equal rows
+    assert float(info_nce(same, same, groups=pairs)) == pytest.approx(math.log(63), rel=1e-5)
 
 
 def test_effective_rank_and_variance():

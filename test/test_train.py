@@ -335,6 +335,10 @@ def test_the_contrastive_term_on_encodings_trains_the_encoder_alone(tmp_path, ep
     rows = json.loads((tmp_path / 'enc' / 'log.json').read_text())['records']
     values = [r['contrastive'] for r in rows if r.get('contrastive') is not None]
     assert values and all(0.0 < v < 10.0 for v in values)   # logged, finite, below log(N)...
+    cfg.loss.contrastive_visual = True                       # the visual latent alone
+    Trainer(cfg, train, val, tmp_path / 'vis', progress=False).run()
+    rows = json.loads((tmp_path / 'vis' / 'log.json').read_text())['records']
+    assert [r['contrastive'] for r in rows if r.get('contrastive') is not None] != values
     with pytest.raises(ConfigError, match='contrastive_on'):
         LossConfig(contrastive_weight=1.0, rollout_weight=0.0)
     with pytest.raises(ConfigError, match='contrastive_on'):

@@ -391,6 +391,11 @@ class LossConfig:
     prediction errors only)."""
     contrastive_temperature: float = 1.0
     """InfoNCE temperature: logits are minus squared state distances over it."""
+    contrastive_visual: bool = False
+    """The contrastive term on the visual latent alone, against other windows' frames only:
+    the joint states no longer tell frames apart, so the visual latent must (with the robot
+    masked out, ``keypoints.self_mask``: the pose of what it moves); a window's own frames are
+    left out of the negatives, as they often show the same scene."""
 
     def __post_init__(self):
         _check(self.regularizer in ('sigreg', 'vicreg'), 'loss.regularizer', self.regularizer,

@@ -57,14 +57,20 @@ def vicreg(z: torch.Tensor, variance_weight: float = 1.0, covariance_weight: flo
     return variance_weight * var_loss + covariance_weight * cov_loss
 
 
-def info_nce(pred: torch.Tensor, target: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def info_nce(pred: torch.Tensor, target: torch.Tensor, temperature: float = 1.0,
+             groups: torch.Tensor | None = None) -> torch.Tensor:
     """Compute the InfoNCE loss of predictions (N, D) against targets (N, D): i's is target i.
 
     Logits are minus squared Euclidean distances over ``temperature``; the loss is the
     cross-entropy of picking each prediction's own target among all N (CPC, van den Oord et al.
-    2018). log(N) at chance, 0 when every prediction is far nearer its own target.
+    2018). log(N) at chance, 0 when every prediction is far nearer its own target. With
+    ``groups`` (N,) ids, the other targets of a prediction's own group are not negatives.
     """
     logits = -torch.cdist(pred, target).square() / temperature  # (N, N)
+    if groups is not None:
+        same = (groups[:, None] == groups[None, :]) & ~torch.eye(
+            len(groups), dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(same, float('-inf'))
     labels = torch.arange(pred.shape[0], device=pred.device)
     return torch.nn.functional.cross_entropy(logits, labels)
 

@@ -190,8 +190,12 @@ class Objective(nn.Module):
         if cfg.contrastive_weight > 0:
             # CPC on the rollout, or each frame's state against the next frame's target
             anchor = roll if cfg.contrastive_on == 'rollout' else state[:, k - 1:length - 1]
-            out['contrastive'] = info_nce(anchor.flatten(0, 1), target.flatten(0, 1),
-                                          cfg.contrastive_temperature)
+            goal, groups = target, None
+            if cfg.contrastive_visual:  # the visual latent, against other windows only
+                anchor, goal = anchor[..., :dv], goal[..., :dv]
+                groups = torch.arange(b, device=z.device).repeat_interleave(horizon)
+            out['contrastive'] = info_nce(anchor.flatten(0, 1), goal.flatten(0, 1),
+                                          cfg.contrastive_temperature, groups)
             total = total + cfg.contrastive_weight * out['contrastive']
         if self.proprio is not None:
             joints_n = (joints[..., :j] - self.joint_mean) / self.joint_std        # (B, L, J)
