@@ -209,6 +209,26 @@ def test_keypoints_on_a_subtracted_background_find_what_moves(tmp_path):
     assert background_frames(eps, 8, count=7).shape == (7, 8, 8, 3)
 
 
+def test_foreground_keypoints_lie_on_what_differs_from_the_background():
+    """keypoints.foreground: whatever the weights, every keypoint is a mean of foreground cells."""
+    from ami_ros.model.config import KeypointEncoderConfig
+
+    torch.manual_seed(0)
+    model = WorldModel(tiny_config(encoder='keypoints', latent_dim=16, keypoints=(
+        KeypointEncoderConfig(channels=(8, 8), scale=1.0, background=True, foreground=True))))
+    model.encoder.set_background(model.preprocess(np.zeros((1, 16, 16, 3), np.uint8)))
+    frames = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+    frames[0, 8:12, 0:4] = 200                                # one object, bottom left cells
+    with torch.no_grad():
+        z = model.encode(frames)
+    # heat-map cells of 4 x 4 pixels (positions -1, -1/3, 1/3, 1): the object fills cell (0, 2)
+    torch.testing.assert_close(z[0], torch.tensor([-1.0] * 8 + [1 / 3] * 8))
+    torch.testing.assert_close(z[1], torch.zeros(16))         # nothing there: uniform, centre
+    from ami_ros.model.config import ConfigError
+    with pytest.raises(ConfigError, match='foreground'):
+        KeypointEncoderConfig(foreground=True)
+
+
 def test_probe_outputs_physical_units_and_angles_wrap():
     model = tiny_model()
     out = model.probe(torch.randn(5, 8))

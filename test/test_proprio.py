@@ -269,7 +269,7 @@ def test_the_agent_scores_the_cameras_reading_against_the_measured_joints():
 
 
 def self_masked_model() -> WorldModel:
-    """Keypoints with the robot masked out where x = q0, y = q1 (image 0..1), radius 0.2.
+    """Foreground keypoints with the robot masked out where x = q0, y = q1 (0..1), radius 0.2.
 
     The heat maps are rigged to be brightness, so the keypoints sit on whatever bright is left.
     """
@@ -277,7 +277,8 @@ def self_masked_model() -> WorldModel:
 
     torch.manual_seed(0)
     cfg = ModelConfig(image_size=16, latent_dim=8, action_dim=J, encoder='keypoints',
-                      keypoints=KeypointEncoderConfig(channels=(8, 8), background=True, self_mask=(
+                      keypoints=KeypointEncoderConfig(channels=(8, 8), background=True,
+                                                      foreground=True, self_mask=(
                           1.0, 0.0, 0.0, 0.0, 1.0, 0.0), self_mask_radius=0.2),
                       predictor=PredictorConfig(history=2, action_history=1, hidden=16, layers=1),
                       probe_hidden=8, proprio=ProprioConfig(

@@ -74,6 +74,11 @@ class KeypointEncoderConfig:
     from the joint states (or the reader, for a goal image). Empty = off."""
     self_mask_radius: float = 0.0
     """Radius of the masked disc round that point, as a fraction of the image side."""
+    foreground: bool = False
+    """Keypoints only where the image differs from the background: every spatial softmax is
+    restricted to those pixels, so each keypoint is a weighted mean of points of what moves
+    (with ``self_mask``: of the objects), not a position the coordinate planes can put
+    anywhere. Needs ``background``."""
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -85,6 +90,9 @@ class KeypointEncoderConfig:
                'keypoints.self_mask_radius', self.self_mask_radius, 'must be in (0, 0.5]')
         _check(not self.self_mask or self.background, 'keypoints.background', self.background,
                'must be true with self_mask (the robot is replaced by the background)')
+        self.foreground = bool(self.foreground)
+        _check(not self.foreground or self.background, 'keypoints.background', self.background,
+               'must be true with foreground (foreground = what differs from it)')
         _check(len(self.channels) >= 2 and all(1 <= c <= 1024 for c in self.channels),
                'keypoints.channels', self.channels, 'must be >= 2 counts in [1, 1024]')
         _check(self.first_stride in (1, 2), 'keypoints.first_stride', self.first_stride,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ami_ros.model.config import ModelConfig
@@ -87,9 +88,11 @@ class KeypointEncoder(nn.Module):
 
     def __init__(self, channels: tuple[int, ...], keypoints: int, first_stride: int,
                  scale: float, background_size: int = 0, self_mask: tuple[float, ...] = (),
-                 self_mask_radius: float = 0.0):
+                 self_mask_radius: float = 0.0, foreground: bool = False):
         super().__init__()
         self.points = SpatialKeypoints(channels, keypoints, first_stride)
+        self.foreground = bool(foreground)
+        self.pool = 2 * first_stride       # the heat maps' stride: the first layer's, then 2
         self.k = keypoints
         self.scale = float(scale)
         self.token_dim = keypoints
@@ -100,6 +103,10 @@ class KeypointEncoder(nn.Module):
         m = torch.tensor(self_mask, dtype=torch.float32).view(2, -1) if self_mask else None
         self.register_buffer('self_map', m, persistent=False)
         self.self_radius = float(self_mask_radius)
+
+    foreground_threshold = 0.5
+    """Sum over RGB of |input - background| (normalised units: 0.125 of full scale per 1)
+    above which a pixel is foreground."""
 
     @property
     def needs_joints(self) -> bool:
@@ -135,7 +142,12 @@ class KeypointEncoder(nn.Module):
         return self.points.heat_maps(self._input(x, joints)).flatten(2).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, joints: torch.Tensor | None = None) -> torch.Tensor:
-        return self.scale * self.points(self._input(x, joints))[:, :2 * self.k]   # (B, 2K)
+        x = self._input(x, joints)
+        support = None
+        if self.foreground:  # where the input differs from the background, at heat-map size
+            fg = (x.abs().sum(dim=1, keepdim=True) > self.foreground_threshold).to(x.dtype)
+            support = F.max_pool2d(fg, self.pool)
+        return self.scale * self.points(x, support)[:, :2 * self.k]         # (B, 2K)
 
 
 def build_encoder(config: ModelConfig) -> nn.Module:
@@ -144,7 +156,7 @@ def build_encoder(config: ModelConfig) -> nn.Module:
         k = config.keypoints
         return KeypointEncoder(k.channels, config.latent_dim // 2, k.first_stride, k.scale,
                                config.image_size if k.background else 0, k.self_mask,
-                               k.self_mask_radius)
+                               k.self_mask_radius, k.foreground)
     if config.encoder == 'cnn':
         return CNNEncoder(config.image_size, config.cnn.channels, config.latent_dim)
     v = config.vit
