@@ -271,7 +271,7 @@ def test_the_agent_scores_the_cameras_reading_against_the_measured_joints():
 def self_masked_model() -> WorldModel:
     """Foreground keypoints with the robot masked out where x = q0, y = q1 (0..1), radius 0.2.
 
-    The heat maps are rigged to be brightness, so the keypoints sit on whatever bright is left.
+    The heat maps are rigged to be a little brightness: keypoints near the foreground's centre.
     """
     from ami_ros.model.config import KeypointEncoderConfig
 
@@ -295,7 +295,7 @@ def self_masked_model() -> WorldModel:
                 layer.bias.zero_()
         conv[0].weight[:, :3, 2, 2] = 1.0
         conv[2].weight[:, :, 1, 1] = torch.eye(8)
-        conv[-1].weight[:, 0, 0, 0] = 50.0
+        conv[-1].weight[:, 0, 0, 0] = 0.1
     return model.eval()
 
 

@@ -75,10 +75,10 @@ class KeypointEncoderConfig:
     self_mask_radius: float = 0.0
     """Radius of the masked disc round that point, as a fraction of the image side."""
     foreground: bool = False
-    """Keypoints only where the image differs from the background: every spatial softmax is
-    restricted to those pixels, so each keypoint is a weighted mean of points of what moves
-    (with ``self_mask``: of the objects), not a position the coordinate planes can put
-    anywhere. Needs ``background``."""
+    """Keypoints only where the image differs from the background: each heat map is upsampled
+    to the image and its spatial softmax taken over those pixels alone, so each keypoint is a
+    weighted mean of pixels of what moves (with ``self_mask``: of the objects), at pixel
+    precision, not a position the coordinate planes can put anywhere. Needs ``background``."""
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)

@@ -92,7 +92,6 @@ class KeypointEncoder(nn.Module):
         super().__init__()
         self.points = SpatialKeypoints(channels, keypoints, first_stride)
         self.foreground = bool(foreground)
-        self.pool = 2 * first_stride       # the heat maps' stride: the first layer's, then 2
         self.k = keypoints
         self.scale = float(scale)
         self.token_dim = keypoints
@@ -143,11 +142,18 @@ class KeypointEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, joints: torch.Tensor | None = None) -> torch.Tensor:
         x = self._input(x, joints)
-        support = None
-        if self.foreground:  # where the input differs from the background, at heat-map size
-            fg = (x.abs().sum(dim=1, keepdim=True) > self.foreground_threshold).to(x.dtype)
-            support = F.max_pool2d(fg, self.pool)
-        return self.scale * self.points(x, support)[:, :2 * self.k]         # (B, 2K)
+        if not self.foreground:
+            return self.scale * self.points(x)[:, :2 * self.k]              # (B, 2K)
+        # each heat map, upsampled to the image, softmaxed over the foreground pixels alone
+        s = x.shape[-1]
+        f = F.interpolate(self.points.heat_maps(x), size=(s, s), mode='bilinear',
+                          align_corners=False)                              # (B, K, S, S)
+        fg = x.abs().sum(dim=1, keepdim=True) > self.foreground_threshold   # (B, 1, S, S)
+        p = F.softmax(f.masked_fill(~fg, -1e4).flatten(2), dim=-1)          # (B, K, S*S)
+        g = torch.linspace(-1.0, 1.0, s, device=x.device, dtype=x.dtype)
+        kx = (p.view(*p.shape[:2], s, s) * g).sum((-2, -1))
+        ky = (p.view(*p.shape[:2], s, s) * g[:, None]).sum((-2, -1))
+        return self.scale * torch.cat([kx, ky], dim=-1)                     # (B, 2K)
 
 
 def build_encoder(config: ModelConfig) -> nn.Module:

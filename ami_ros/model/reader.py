@@ -49,16 +49,10 @@ class SpatialKeypoints(nn.Module):
         yy, xx = torch.meshgrid(_coords(h, x), _coords(w, x), indexing='ij')
         return self.conv(torch.cat([x, xx.expand(b, 1, h, w), yy.expand(b, 1, h, w)], dim=1))
 
-    def forward(self, x: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, 3K): expected x of each heat map, then y, then its peak.
-
-        ``support`` (B, 1, h', w') of 0/1 at the heat maps' resolution restricts every spatial
-        softmax to where it is 1 (where there is none, the softmax is uniform).
-        """
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 3K): expected x of each heat map, then y, then its peak."""
         f = self.heat_maps(x)                                                # (B, K, h', w')
         hh, ww = f.shape[-2:]
-        if support is not None:
-            f = f.masked_fill(support < 0.5, -1e4)
         f = f.flatten(2)                                                     # (B, K, h'*w')
         gy, gx = torch.meshgrid(_coords(hh, f), _coords(ww, f), indexing='ij')
         p = F.softmax(f, dim=-1)
