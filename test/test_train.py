@@ -343,3 +343,13 @@ def test_the_contrastive_term_on_encodings_trains_the_encoder_alone(tmp_path, ep
         LossConfig(contrastive_weight=1.0, rollout_weight=0.0)
     with pytest.raises(ConfigError, match='contrastive_on'):
         LossConfig(contrastive_on='pixels')
+
+
+@pytest.mark.parametrize('path', sorted((REPO / 'config').glob('train_*.yaml')),
+                         ids=lambda p: p.name)
+def test_every_training_config_in_the_repo_loads(path):
+    """The training configs the docs give commands for stay valid as the config grows."""
+    from ami_ros.model.config import load_run_config
+
+    cfg = load_run_config(path)
+    assert cfg.data.paths or cfg.data.generate is not None
