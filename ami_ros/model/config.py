@@ -70,8 +70,9 @@ class KeypointEncoderConfig:
     joint positions to where the robot is in the image, 2 x (J + 1) numbers row by row
     (x = a_x . q + b_x, then y; image coordinates 0..1 from the top-left corner, x right, y
     down), e.g. a gantry seen from above; the disc shows the background instead. Needs
-    ``background`` and ``proprio.enabled``; the joint positions come
-    from the joint states (or the reader, for a goal image). Empty = off."""
+    ``background`` and ``proprio.enabled``. Training places the disc by the logged joint
+    states; served, by the reader's reading of the frame (one encoder graph for camera frames
+    and goal images; the measured joints then replace the reading in the state). Empty = off."""
     self_mask_radius: float = 0.0
     """Radius of the masked disc round that point, as a fraction of the image side."""
     foreground: bool = False
