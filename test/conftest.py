@@ -205,6 +205,24 @@ class RosProcess:
         return self.popen.returncode
 
 
+def rig_brightness_heat_maps(encoder, gain: float) -> None:
+    """Set a two-layer keypoint encoder's weights so that every heat map is ``gain`` x brightness.
+
+    The first 5x5 conv sums RGB at its centre, the next passes it on, the 1x1 head scales it.
+    """
+    import torch
+
+    with torch.no_grad():
+        conv = encoder.points.conv
+        for layer in conv:
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        conv[0].weight[:, :3, 2, 2] = 1.0
+        conv[2].weight[:, :, 1, 1] = torch.eye(conv[2].weight.shape[0])
+        conv[-1].weight[:, 0, 0, 0] = gain
+
+
 def node_command(executable: str, module: str) -> list[str]:
     """The console script of the venv running the tests, or ``python -m module`` without it."""
     script = Path(sys.executable).parent / executable

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import rig_brightness_heat_maps
 from ami_ros.model import ConfigError, ModelConfig, WorldModel, load_checkpoint, save_checkpoint
 from ami_ros.model.config import (CNNConfig, PredictorConfig, ProbeSpec, RunConfig, ViTConfig,
                                   from_dict, load_run_config)
@@ -191,15 +192,7 @@ def test_keypoints_on_a_subtracted_background_find_what_moves(tmp_path):
     for i in range(9):                                        # moving, along the bottom row
         frames[i, 12:16, i:i + 4] = 255
     model.encoder.set_background(model.preprocess(frames))   # the median: the static patch
-    with torch.no_grad():                                     # heat maps = brightness
-        conv = model.encoder.points.conv
-        for layer in conv:
-            if isinstance(layer, torch.nn.Conv2d):
-                layer.weight.zero_()
-                layer.bias.zero_()
-        conv[0].weight[:, :3, 2, 2] = 1.0
-        conv[2].weight[:, :, 1, 1] = torch.eye(8)
-        conv[-1].weight[:, 0, 0, 0] = 50.0
+    rig_brightness_heat_maps(model.encoder, 50.0)            # heat maps = brightness
     z = model.encode(frames[[0, 8]])
     assert bool((z[:, 4:] > 0.5).all())                       # every keypoint low: the mover
     assert bool((z[1, :4] > z[0, :4] + 0.5).all())            # and it follows it right

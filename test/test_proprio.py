@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import rig_brightness_heat_maps
 from ami_ros.agent import Agent
 from ami_ros.control import MPCConfig
 from ami_ros.model import WorldModel, load_checkpoint, save_checkpoint
@@ -287,15 +288,7 @@ def self_masked_model() -> WorldModel:
     model = WorldModel(cfg)
     model.set_proprio_stats([0.5, 0.5], [0.3, 0.3], [0.1, 0.2, 0.3], [0.5, 0.5, 0.5])
     model.encoder.set_background(model.preprocess(np.zeros((1, 16, 16, 3), np.uint8)))
-    with torch.no_grad():
-        conv = model.encoder.points.conv
-        for layer in conv:
-            if isinstance(layer, torch.nn.Conv2d):
-                layer.weight.zero_()
-                layer.bias.zero_()
-        conv[0].weight[:, :3, 2, 2] = 1.0
-        conv[2].weight[:, :, 1, 1] = torch.eye(8)
-        conv[-1].weight[:, 0, 0, 0] = 0.1
+    rig_brightness_heat_maps(model.encoder, 0.1)
     return model.eval()
 
 

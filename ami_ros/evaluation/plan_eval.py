@@ -38,7 +38,7 @@ import torch
 from ami_ros.agent import Agent
 from ami_ros.control import MPCConfig
 from ami_ros.evaluation.oracle import TrueDynamics, state_features
-from ami_ros.planning import PlannerConfig, latent_goal_cost, make_planner
+from ami_ros.planning import PlannerConfig, latent_goal_cost, make_planner, probe_goal_cost
 from ami_ros.sim import Scene
 
 
@@ -289,14 +289,10 @@ class OraclePolicy:
         self._plan = None
         self._rng = np.random.default_rng(zlib.crc32(goal.state.tobytes()))  # the proposals
         if self.model is None:
-            w = torch.ones(len(goal.features), dtype=torch.float64) if self.weights is None \
-                else torch.as_tensor(self.weights, dtype=torch.float64)
-            if len(w) != len(goal.features):
-                raise ValueError(f'eval.oracle_feature_weights: {len(w)} weights for '
-                                 f'{len(goal.features)} features of scene {self.scene.name}')
-            true_cost = latent_goal_cost(w * torch.as_tensor(goal.features), 'euclidean',
-                                         self.config.terminal_weight, self.config.running_weight)
-            self.cost = lambda predicted, actions: true_cost(w.to(predicted) * predicted, actions)
+            # the simulator's features (N, H, P) against the goal's, weighted per feature
+            self.cost = probe_goal_cost(lambda features: features, goal.features, 'euclidean',
+                                        self.config.terminal_weight, self.config.running_weight,
+                                        dim_weights=self.weights)
             return
         with torch.no_grad():
             z_goal = torch.as_tensor(self.model.encode(goal.image[None]))[0].double()
