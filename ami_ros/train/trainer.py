@@ -454,13 +454,7 @@ class Trainer:
             images, actions, joints = (x.to(info.device) for x in self.train_data.batch(idx))
             if tc.augment_shift > 0:
                 images = random_shift(images, tc.augment_shift, gen)
-            target = None
-            if self.ema is not None:
-                with torch.no_grad():
-                    b, length = images.shape[:2]
-                    x = self.model.preprocess(images.flatten(0, 1))
-                    q = joints[..., :self.model.action_dim].flatten(0, 1)
-                    target = self.model.visual(x, q, self.ema).view(b, length, -1)
+            target = self._ema_targets(images, joints)
             losses = module(images, actions, joints, _step_seed(tc.seed, step, 2), target)
             self.optimizer.zero_grad(set_to_none=True)
             losses['loss'].backward()
@@ -496,6 +490,16 @@ class Trainer:
                 self.write_logs()
 
     @torch.no_grad()
+    def _ema_targets(self, images: torch.Tensor, joints: torch.Tensor) -> torch.Tensor | None:
+        """The EMA encoder's latents (B, L, Dv) of a batch of windows; None without EMA."""
+        if self.ema is None:
+            return None
+        model, (b, length) = self.model, images.shape[:2]
+        return model.visual(model.preprocess(images.flatten(0, 1)),
+                            joints[..., :model.action_dim].flatten(0, 1),
+                            self.ema).view(b, length, -1)
+
+    @torch.no_grad()
     def _update_ema(self) -> None:
         d = self.cfg.loss.ema_decay
         for p_ema, p in zip(self.ema.parameters(), self.model.encoder.parameters()):
@@ -516,12 +520,7 @@ class Trainer:
             for i in range(0, n, tc.batch_size):
                 images, actions, joints = (x.to(model.device) for x in
                                            self.val_data.batch(idx[i:i + tc.batch_size]))
-                target = None
-                if self.ema is not None:
-                    b, length = images.shape[:2]
-                    target = model.visual(model.preprocess(images.flatten(0, 1)),
-                                          joints[..., :model.action_dim].flatten(0, 1),
-                                          self.ema).view(b, length, -1)
+                target = self._ema_targets(images, joints)
                 out = self.objective(images, actions, joints, _step_seed(tc.seed, 0, 3), target)
                 for key, v in out.items():
                     sums[key] = sums.get(key, 0.0) + float(v) * len(images)
