@@ -199,7 +199,7 @@ def test_keypoints_on_a_subtracted_background_find_what_moves(tmp_path):
     save_checkpoint(model, tmp_path / 'bg')                  # the background is in the file
     torch.testing.assert_close(load_checkpoint(tmp_path / 'bg').encode(frames[[0, 8]]), z)
     eps = make_dot_episodes(3, length=10, image_size=16)
-    assert background_frames(eps, 8, count=7).shape == (7, 8, 8, 3)
+    assert background_frames(eps, 8, count=7)[0].shape == (7, 8, 8, 3)
 
 
 def test_foreground_keypoints_lie_on_what_differs_from_the_background():
@@ -221,6 +221,46 @@ def test_foreground_keypoints_lie_on_what_differs_from_the_background():
     from ami_ros.model.config import ConfigError
     with pytest.raises(ConfigError, match='foreground'):
         KeypointEncoderConfig(foreground=True)
+
+
+def test_image_moments_latent_says_where_an_object_is_and_which_way_it_points(tmp_path):
+    """keypoints.moments: a fixed map from the foreground to 9 standardised moments."""
+    from ami_ros.model.config import ConfigError, KeypointEncoderConfig
+
+    model = WorldModel(tiny_config(encoder='keypoints', latent_dim=9, keypoints=(
+        KeypointEncoderConfig(background=True, moments=True))))
+    assert not list(model.encoder.parameters())              # nothing to learn
+    x0 = model.preprocess(np.zeros((1, 16, 16, 3), np.uint8))
+    model.encoder.set_background(x0)
+
+    def l_shape(dx: int, flip: bool = False) -> np.ndarray:  # an L: a bar and a foot
+        f = np.zeros((16, 16, 3), dtype=np.uint8)
+        f[4:12, 4 + dx] = 200
+        f[11, 4 + dx:8 + dx] = 200
+        return f[::-1, ::-1].copy() if flip else f
+    frames = np.stack([l_shape(0), l_shape(3), l_shape(0, flip=True)])
+    with torch.no_grad():
+        raw = model.encoder.raw_moments(model.preprocess(frames) - x0)
+    g = 2 / 15                                                # one pixel in -1..1 coordinates
+    assert float(raw[1, 0] - raw[0, 0]) == pytest.approx(3 * g, abs=1e-5)  # centroid x
+    torch.testing.assert_close(raw[1, 1:], raw[0, 1:])       # the rest: no change
+    torch.testing.assert_close(raw[2, 2:5], raw[0, 2:5])     # order 2 cannot tell a half turn
+    torch.testing.assert_close(raw[2, 5:], -raw[0, 5:])      # order 3 can
+    assert float(raw[0, 5:].abs().max()) > 1e-3
+    model.encoder.set_moment_stats(model.preprocess(frames))  # standardised over these frames
+    with torch.no_grad():
+        z = model.encode(frames)
+    assert z.shape == (3, 9)
+    torch.testing.assert_close(z.mean(0)[:2], torch.zeros(2), atol=1e-5, rtol=0)
+    save_checkpoint(model, tmp_path / 'm')                    # statistics are in the file
+    torch.testing.assert_close(load_checkpoint(tmp_path / 'm').encode(frames), z)
+    with pytest.raises(ValueError, match='no heat maps'):
+        model.encode_tokens(frames)
+    with pytest.raises(ConfigError, match='must be 9'):
+        tiny_config(encoder='keypoints', latent_dim=8,
+                    keypoints=KeypointEncoderConfig(background=True, moments=True))
+    with pytest.raises(ConfigError, match='moments'):
+        KeypointEncoderConfig(moments=True)
 
 
 def test_probe_outputs_physical_units_and_angles_wrap():

@@ -110,6 +110,30 @@ def test_observe_takes_the_measured_joints():
         mpc.observe(frame, 0.1, np.zeros(J), joints=np.array([np.nan, 0.0]))
 
 
+
+def test_a_goal_image_may_come_with_its_joint_positions():
+    """DINO-WM's goal proprio: given joints replace the reader's reading in the goal state."""
+    from ami_ros.evaluation.plan_eval import Goal, ModelPolicy
+
+    model = proprio_model()
+    planning = PlannerConfig(action_dim=J, horizon=2, n_samples=8, iterations=1, n_elites=2)
+    frame = images(1)[0].numpy()
+    q = np.array([1.2, -0.4])
+    goal = Goal(frame, np.zeros(4), np.zeros(4), joints=q)
+    states = {}
+    for given in (False, True):
+        policy = ModelPolicy(Agent(model, MPCConfig(planning=planning)), goal_joints=given)
+        policy.begin(goal)
+        states[given] = policy.agent.controller.goal[0]
+    with torch.no_grad():
+        read = model.encode(torch.from_numpy(frame)[None])[0]
+    assert torch.equal(states[False], read)                        # the reader's reading
+    assert torch.equal(states[True][:D], read[:D])                 # the same visual latent
+    assert np.allclose(model.probe(states[True][None])['joint_positions'][0].numpy(), q,
+                       atol=1e-6)
+    with pytest.raises(ValueError, match='finite'):
+        Agent(model, MPCConfig(planning=planning)).set_goal_image(frame, [np.nan, 0.0])
+
 @pytest.mark.timeout(300)
 def test_training_runs_every_phase_on_generated_arm_reach(tmp_path):
     pytest.importorskip('mujoco', reason='the arm_reach scene needs MuJoCo')

@@ -353,3 +353,23 @@ def test_every_training_config_in_the_repo_loads(path):
 
     cfg = load_run_config(path)
     assert cfg.data.paths or cfg.data.generate is not None
+
+
+def test_an_image_moments_model_learns_the_dot_worlds_dynamics(tmp_path):
+    """keypoints.moments: statistics from the training frames, a predictor that beats copying."""
+    from ami_ros.model.config import KeypointEncoderConfig
+
+    eps = make_dot_episodes(10, length=30, image_size=16, seed=1)
+    cfg = tiny_run_config(steps=150, regularizer='vicreg')
+    cfg.model.encoder, cfg.model.latent_dim = 'keypoints', 9
+    cfg.model.keypoints = KeypointEncoderConfig(background=True, moments=True)
+    cfg.model.__post_init__()
+    cfg.loss.reg_weight = 0.0
+    cfg.train.val_fraction, cfg.train.lr, cfg.train.checkpoint_every = 0.0, 5e-3, 150
+    cfg.probe.steps = 50
+    Trainer(cfg, eps, [], tmp_path / 'run', progress=False).run()
+    model = load_checkpoint(tmp_path / 'run')
+    assert float(model.encoder.moment_std[0]) != 1.0         # set from the training frames
+    result = evaluate(model, eps, horizons=(1, 3, 5))
+    ratio = dict(zip(result['horizons'], result['rollout_ratio']))
+    assert ratio[3] < 0.7 and ratio[5] < 0.7, result

@@ -49,12 +49,16 @@ class Agent:
         self.controller.reset()
         self.estimator.reset()
 
-    def set_goal_image(self, image) -> None:
-        """Goal image (H, W, 3), prepared and encoded like camera frames; ValueError if bad."""
+    def set_goal_image(self, image, joints=None) -> None:
+        """Goal image (H, W, 3), prepared and encoded like camera frames; ValueError if bad.
+
+        ``joints`` (J,): the goal's joint positions, for a model with proprioception (None:
+        its reader reads them from the image).
+        """
         a = check_image(image, 'goal image')
         if not np.isfinite(a).all():
             raise ValueError('goal image contains NaN/inf pixels')
-        self.controller.set_goal_state(self.perceiver.encode(a))
+        self.controller.set_goal_state(self.perceiver.encode(a, joints))
 
     def set_goal_pose(self, name: str, value) -> None:
         self.controller.set_goal_pose(name, value)

@@ -52,6 +52,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help='methods to run; oracle_latent (a diagnostic, slow: it renders and '
                              'encodes every candidate step) = the simulator\'s dynamics with the '
                              'world model\'s latent cost')
+    parser.add_argument('--goal-joints', action='store_true', default=None,
+                        help='give the goal\'s joint positions with its image to a model with '
+                             'proprioception, as DINO-WM gives its goal\'s proprio (default: '
+                             'eval.goal_joints; otherwise its reader reads them from the image)')
     parser.add_argument('--oracle-episodes', type=int, default=None,
                         help='run the (slow) oracles on only the first N episodes')
     add_model_arguments(parser)
@@ -156,7 +160,8 @@ def run(args) -> int:
             args, args.budget or ())
         if args.planner:
             mpc = dataclasses.replace(mpc, planner=args.planner)
-        overrides = {'steps': args.steps, 'oracle_episodes': args.oracle_episodes}
+        overrides = {'steps': args.steps, 'oracle_episodes': args.oracle_episodes,
+                     'goal_joints': args.goal_joints}
         overrides = {k: v for k, v in overrides.items() if v is not None}
         ecfg = pe.PlanEvalConfig(**{**eval_block, **overrides})
     except TypeError as exc:  # unknown eval key
@@ -169,7 +174,7 @@ def run(args) -> int:
     policies = {}
     if 'world_model' in args.methods:
         policies['world_model'] = pe.ModelPolicy(
-            Agent(model, mpc, position=scene.control_mode == 'position'))
+            Agent(model, mpc, position=scene.control_mode == 'position'), ecfg.goal_joints)
     if 'random' in args.methods:
         policies['random'] = pe.RandomPolicy(mpc.planning, seed=args.seed)
     if 'oracle' in args.methods:
@@ -193,7 +198,8 @@ def run(args) -> int:
         agent = Agent(model, dataclasses.replace(mpc, planning=planning),
                       position=scene.control_mode == 'position')
         _log(f'eval-plan: planning budget {n} samples x {p.iterations} iterations')
-        r, _ = pe.evaluate(scene, {'world_model': pe.ModelPolicy(agent)}, args.episodes,
+        policy = pe.ModelPolicy(agent, ecfg.goal_joints)
+        r, _ = pe.evaluate(scene, {'world_model': policy}, args.episodes,
                            args.seed, dataclasses.replace(ecfg, oracle_episodes=0), log=_log,
                            record_episode=-1, first=args.first_episode)
         budgets.append(_budget_row(n, p.iterations, pe.summarize(r['world_model'])))

@@ -56,6 +56,9 @@ class PlanEvalConfig:
     """Policy whose steps lead to the goal: ``explorer`` (the scene's data-collection policy)
     or ``expert`` (an expert-like policy towards the scene's target, where the scene has one:
     pusht; the benchmarks take Push-T goals from expert demonstrations)."""
+    goal_joints: bool = False
+    """Models with proprioception: the goal's joint positions come with its image, as DINO-WM
+    gives its goal's proprio (False: the model's reader reads them from the goal image)."""
     tolerance: float = 0.05
     """arm_reach: success radius around the goal end-effector position, metres."""
     joint_tolerance: float = 0.05
@@ -146,6 +149,7 @@ class Goal:
     state: np.ndarray      # get_state() at the goal
     features: np.ndarray   # state_features() at the goal
     ee_position: Optional[np.ndarray] = None  # arm_reach: where the goal marker goes
+    joints: Optional[np.ndarray] = None       # (J,) the joint positions at the goal
 
 
 # ---------------------------------------------------------------------------------- success ---
@@ -204,7 +208,8 @@ def make_goal(scene: Scene, rng: np.random.Generator, cfg: PlanEvalConfig,
         if scene.name == 'arm_reach':
             ee = scene.ground_truth()['ee_position']
             scene.set_goal(ee)
-        goal = Goal(scene.render(), scene.get_state(), state_features(scene), ee)
+        goal = Goal(scene.render(), scene.get_state(), state_features(scene), ee,
+                    scene.joint_positions.copy())
         reset_to(scene, start, goal)
         if not judge(scene, goal, cfg)[0]:
             break
@@ -219,14 +224,15 @@ def reset_to(scene: Scene, state: np.ndarray, goal: Goal) -> None:
 
 # ---------------------------------------------------------------------------------- methods ---
 class ModelPolicy:
-    """The Agent, given the goal as an image only."""
+    """The Agent, given the goal as an image (with its joint positions if ``goal_joints``)."""
 
-    def __init__(self, agent: Agent):
+    def __init__(self, agent: Agent, goal_joints: bool = False):
         self.agent = agent
+        self.goal_joints = bool(goal_joints)
 
     def begin(self, goal: Goal) -> None:
         self.agent.reset()
-        self.agent.set_goal_image(goal.image)
+        self.agent.set_goal_image(goal.image, goal.joints if self.goal_joints else None)
 
     def __call__(self, image, q, stamp, executed) -> tuple[np.ndarray, float]:
         self.agent.observe(image, stamp, executed, joints=q)

@@ -22,6 +22,11 @@ class ConfigError(ValueError):
     """A configuration value that is missing, unknown, of the wrong type or out of range."""
 
 
+MOMENTS = 9
+"""Entries of a ``keypoints.moments`` latent: centroid (2), central moments of order 2 (3) and
+3 (4)."""
+
+
 def _check(cond: bool, name: str, value, what: str) -> None:
     if not cond:
         raise ConfigError(f'{name} {what}, got {value!r}')
@@ -80,6 +85,14 @@ class KeypointEncoderConfig:
     to the image and its spatial softmax taken over those pixels alone, so each keypoint is a
     weighted mean of pixels of what moves (with ``self_mask``: of the objects), at pixel
     precision, not a position the coordinate planes can put anywhere. Needs ``background``."""
+    moments: bool = False
+    """The latent is the foreground's image moments instead of learned keypoints: its centroid
+    and central moments of order 2 and 3 (``MOMENTS`` = 9 numbers: ``latent_dim`` must be 9),
+    standardised by the training frames' statistics; no learned weights. The pose of a rigid
+    object, where it is and which way it points, in 9 smooth numbers at sub-pixel precision
+    (not its mass, the foreground's pixel count: a rigid object's changes only by a few
+    rasterised pixels, noise that standardising would blow up). Needs ``background``; with ``self_mask``, the moments of what the
+    robot moves."""
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -94,6 +107,9 @@ class KeypointEncoderConfig:
         self.foreground = bool(self.foreground)
         _check(not self.foreground or self.background, 'keypoints.background', self.background,
                'must be true with foreground (foreground = what differs from it)')
+        self.moments = bool(self.moments)
+        _check(not self.moments or self.background, 'keypoints.background', self.background,
+               'must be true with moments (the moments of what differs from it)')
         _check(len(self.channels) >= 2 and all(1 <= c <= 1024 for c in self.channels),
                'keypoints.channels', self.channels, 'must be >= 2 counts in [1, 1024]')
         _check(self.first_stride in (1, 2), 'keypoints.first_stride', self.first_stride,
@@ -291,8 +307,12 @@ class ModelConfig:
             self.keypoints = KeypointEncoderConfig(**self.keypoints)
         _check(self.encoder in ('cnn', 'vit', 'keypoints'), 'model.encoder', self.encoder,
                "must be 'cnn', 'vit' or 'keypoints'")
-        _check(self.encoder != 'keypoints' or self.latent_dim % 2 == 0, 'model.latent_dim',
+        _check(self.encoder != 'keypoints' or self.keypoints.moments or self.latent_dim % 2 == 0,
+               'model.latent_dim',
                self.latent_dim, 'must be even with the keypoints encoder (x, y per keypoint)')
+        _check(not self.keypoints.moments or (self.encoder == 'keypoints' and
+                                              self.latent_dim == MOMENTS), 'model.latent_dim',
+               self.latent_dim, f'must be {MOMENTS} with keypoints.moments (encoder: keypoints)')
         if self.keypoints.self_mask:
             _check(self.encoder == 'keypoints' and self.proprio.enabled,
                    'model.keypoints.self_mask', self.keypoints.self_mask,

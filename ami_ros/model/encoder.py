@@ -10,6 +10,8 @@ Two choices, picked by ``ModelConfig.encoder``:
   softmax (:class:`~ami_ros.model.reader.SpatialKeypoints`); the latent is those positions
   (x of every keypoint, then y, scaled by ``keypoints.scale``), so distances between latents
   are distances in the image. For scenes whose state is where rigid things are (Push-T).
+  With ``keypoints.moments`` the latent is instead the image moments of the foreground (what
+  differs from the static background): no learned weights.
 
 GroupNorm rather than BatchNorm: the encoding of one frame must not depend on the rest of the
 batch (the perception node encodes one frame at a time, training sees batches).
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ami_ros.model.config import ModelConfig
+from ami_ros.model.config import MOMENTS, ModelConfig
 from ami_ros.model.reader import SpatialKeypoints
 
 
@@ -88,9 +90,13 @@ class KeypointEncoder(nn.Module):
 
     def __init__(self, channels: tuple[int, ...], keypoints: int, first_stride: int,
                  scale: float, background_size: int = 0, self_mask: tuple[float, ...] = (),
-                 self_mask_radius: float = 0.0, foreground: bool = False):
+                 self_mask_radius: float = 0.0, foreground: bool = False,
+                 moments: bool = False):
         super().__init__()
-        self.points = SpatialKeypoints(channels, keypoints, first_stride)
+        # moments: a fixed map, standardised by statistics set by set_moment_stats
+        self.points = None if moments else SpatialKeypoints(channels, keypoints, first_stride)
+        self.register_buffer('moment_mean', torch.zeros(MOMENTS) if moments else None)
+        self.register_buffer('moment_std', torch.ones(MOMENTS) if moments else None)
         self.foreground = bool(foreground)
         self.k = keypoints
         self.scale = float(scale)
@@ -138,10 +144,38 @@ class KeypointEncoder(nn.Module):
 
     def tokens(self, x: torch.Tensor, joints: torch.Tensor | None = None) -> torch.Tensor:
         """The heat maps as tokens: (B, h'*w', K)."""
+        if self.points is None:
+            raise ValueError('an image-moments encoder (keypoints.moments) has no heat maps')
         return self.points.heat_maps(self._input(x, joints)).flatten(2).transpose(1, 2)
+
+    def raw_moments(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 9) moments of the foreground of background-subtracted images (B, 3, S, S).
+
+        Centroid (x right, y down, -1..1) and central moments of order 2 (xx, yy, xy) and 3
+        (xxx, yyy, xxy, xyy) of the foreground pixels.
+        """
+        s = x.shape[-1]
+        w = (x.abs().sum(dim=1) > self.foreground_threshold).to(x.dtype)       # (B, S, S)
+        w = w / w.sum((-2, -1)).clamp(min=1.0)[:, None, None]
+        g = torch.linspace(-1.0, 1.0, s, device=x.device, dtype=x.dtype)
+        mx, my = (w * g).sum((-2, -1)), (w * g[:, None]).sum((-2, -1))
+        dx, dy = g[None, None, :] - mx[:, None, None], g[None, :, None] - my[:, None, None]
+        central = [(w * dx ** a * dy ** b).sum((-2, -1))
+                   for a, b in ((2, 0), (0, 2), (1, 1), (3, 0), (0, 3), (2, 1), (1, 2))]
+        return torch.stack([mx, my, *central], dim=-1)
+
+    @torch.no_grad()
+    def set_moment_stats(self, x: torch.Tensor, joints: torch.Tensor | None = None) -> None:
+        """Standardise the moments by their mean and spread over normalised images (N, 3, S, S)
+        (and their joint positions (N, J), with the self mask)."""
+        m = self.raw_moments(self._input(x, joints))
+        self.moment_mean.copy_(m.mean(0))
+        self.moment_std.copy_(m.std(0).clamp(min=1e-6))
 
     def forward(self, x: torch.Tensor, joints: torch.Tensor | None = None) -> torch.Tensor:
         x = self._input(x, joints)
+        if self.points is None:
+            return (self.raw_moments(x) - self.moment_mean) / self.moment_std    # (B, 9)
         if not self.foreground:
             return self.scale * self.points(x)[:, :2 * self.k]              # (B, 2K)
         # each heat map, upsampled to the image, softmaxed over the foreground pixels alone
@@ -162,7 +196,7 @@ def build_encoder(config: ModelConfig) -> nn.Module:
         k = config.keypoints
         return KeypointEncoder(k.channels, config.latent_dim // 2, k.first_stride, k.scale,
                                config.image_size if k.background else 0, k.self_mask,
-                               k.self_mask_radius, k.foreground)
+                               k.self_mask_radius, k.foreground, k.moments)
     if config.encoder == 'cnn':
         return CNNEncoder(config.image_size, config.cnn.channels, config.latent_dim)
     v = config.vit

@@ -220,12 +220,15 @@ class Objective(nn.Module):
         return out
 
 
-def background_frames(episodes: list[Episode], size: int, count: int = 1024) -> np.ndarray:
-    """(N, S, S, 3) uint8: up to ``count`` frames spread evenly over all episodes, resized."""
+def background_frames(episodes: list[Episode], size: int, count: int = 1024
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``count`` frames spread evenly over all episodes, resized: (N, S, S, 3) uint8, and
+    their joint positions (N, J) float32."""
     index = [(i, t) for i, ep in enumerate(episodes) for t in range(len(ep))]
     pick = np.linspace(0, len(index) - 1, min(count, len(index))).astype(int)
     frames = np.stack([episodes[i].images[t] for i, t in (index[j] for j in pick)])
-    return resize_frames(frames, size)
+    joints = np.stack([episodes[i].joint_positions[t] for i, t in (index[j] for j in pick)])
+    return resize_frames(frames, size), joints.astype(np.float32)
 
 
 def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
@@ -302,9 +305,13 @@ class Trainer:
         with_ee = mcfg.proprio.enabled and mcfg.proprio.ee_dim > 0
         if mcfg.proprio.enabled:
             self.model.set_proprio_stats(*proprio_stats(train_episodes, with_ee))
-        if getattr(self.model.encoder, 'background', None) is not None:
-            self.model.encoder.set_background(self.model.preprocess(
-                background_frames(train_episodes, mcfg.image_size)))
+        encoder = self.model.encoder
+        if getattr(encoder, 'background', None) is not None:
+            frames, q = background_frames(train_episodes, mcfg.image_size)
+            x = self.model.preprocess(frames)
+            encoder.set_background(x)
+            if getattr(encoder, 'moment_mean', None) is not None:
+                encoder.set_moment_stats(x, torch.from_numpy(q) if encoder.needs_joints else None)
         self.model.to(self.dist.device)
         self.train_data = WindowDataset(train_episodes, self.window, mcfg.image_size, with_ee)
         self.val_data = (WindowDataset(self.val_episodes, self.window, mcfg.image_size, with_ee)
