@@ -124,22 +124,27 @@ def test_the_sim_node_refuses_an_effort_scene_clearly():
         SimNodeConfig(scene='reacher')
 
 
-def test_the_shipped_reacher_model_plans_on_the_scene_at_its_own_image_size():
-    """models/reacher (96 px, 2 effort dimensions) loads by name and plans one step."""
+@pytest.mark.parametrize('name, size', [('reacher', 96), ('reacher_proprio', 64)])
+def test_the_shipped_reacher_models_plan_on_the_scene_at_their_own_image_size(name, size):
+    """models/reacher (96 px, pixels only) and models/reacher_proprio (64 px, the joints in the
+    state, the goal's joints given with its image) load by name and plan one step."""
     from ami_ros.agent import Agent
     from ami_ros.config import load_scene_config
     from ami_ros.model.checkpoint import load_checkpoint
     from ami_ros.safety import Limits
 
-    model = load_checkpoint('reacher', device='cpu')  # checks the weights' sha256
-    assert model.input_size == 96 and model.action_dim == 2
+    model = load_checkpoint(name, device='cpu')  # checks the weights' sha256
+    assert model.input_size == size and model.action_dim == 2
     sc = make_scene('reacher', SceneConfig(image_size=model.input_size, seed=3))
     cfg = load_scene_config('reacher')
     limits = Limits(('joint0', 'joint1'), sc.lower, sc.upper, np.asarray(sc.velocity_limit))
     agent = Agent(model, cfg.mpc(limits), position=False)
     goal = sc.render()
-    assert goal.shape == (96, 96, 3)
-    agent.set_goal_image(goal)
+    assert goal.shape == (size, size, 3)
+    agent.set_goal_image(goal, sc.joint_positions)
+    if model.has_proprio:  # the goal's joints as given, not as read
+        q = model.probe(agent.controller.goal[0][None])['joint_positions'][0].detach().numpy()
+        np.testing.assert_allclose(q, sc.joint_positions, atol=1e-5)
     agent.observe(sc.render(), 0.0, sc.hold_command(), joints=sc.joint_positions)
     command, info = agent.act(sc.joint_positions, 0.0)
     sc.close()
