@@ -270,15 +270,9 @@ class PushTScene(Scene):
             trial.set_state(start)
             pusher = PushTExplorer(trial, rng)
             push = pusher._plan_push()
-            if push is None:
-                continue
-            goals, targets, goal = pusher._run_push(push), [], None
-            for _ in range(int(horizon) * int(block)):
-                goal = next(goals, goal)  # the push done, the pusher stays at its last goal
-                targets.append(pusher._step_towards(goal))
-                trial.set_target(targets[-1])
-                trial.step()
-            plans.append(targets[int(block) - 1::int(block)])
+            if push is not None:
+                targets = pusher.rehearse(push, int(horizon) * int(block))
+                plans.append(targets[int(block) - 1::int(block)])
         return np.asarray(plans, dtype=np.float64).reshape(-1, int(horizon), 2)
 
     # -- full state ----------------------------------------------------------------------------
@@ -397,6 +391,22 @@ class PushTExplorer:
                                                           self.wander_steps[1] + 1))
                 continue
             yield from self._run_push(push)
+
+    def rehearse(self, push: _Push, steps: int | None = None) -> list[np.ndarray]:
+        """Drive this explorer's own scene through ``push``, stepping as the explorer steps.
+
+        ``steps``: None = until the push ends; else exactly that many steps, the pusher
+        staying at the push's last goal once it is done. Returns the targets (m) sent.
+        """
+        goals, targets, goal = self._run_push(push), [], None
+        while steps is None or len(targets) < steps:
+            goal = next(goals, goal if steps is not None else None)
+            if goal is None:
+                break
+            targets.append(self._step_towards(goal))
+            self.scene.set_target(targets[-1])
+            self.scene.step()
+        return targets
 
     def _run_push(self, push: _Push):
         """Goals (env units) that approach the push's start, then push."""
@@ -518,10 +528,7 @@ class PushTExpert(PushTExplorer):
         """The T's pose error to the goal pose (env units, pi/9 = 20) after trying ``push``."""
         trial = self._trial
         trial.set_state(self.scene.get_state())
-        tryout = PushTExplorer(trial, self.rng)
-        for goal in tryout._run_push(push):  # the push alone, stepped as the explorer steps
-            trial.set_target(tryout._step_towards(goal))
-            trial.step()
+        PushTExplorer(trial, self.rng).rehearse(push)
         x, y, a = trial.block_pose_units()
         gx, gy, ga = trial.goal_pose_units
         return float(np.hypot(x - gx, y - gy) + ANGLE_UNITS_PER_RAD * abs(_wrap_angle(a - ga)))
