@@ -110,7 +110,6 @@ def test_observe_takes_the_measured_joints():
         mpc.observe(frame, 0.1, np.zeros(J), joints=np.array([np.nan, 0.0]))
 
 
-
 def test_a_goal_image_may_come_with_its_joint_positions():
     """DINO-WM's goal proprio: given joints replace the reader's reading in the goal state."""
     from ami_ros.evaluation.plan_eval import Goal, ModelPolicy
@@ -133,6 +132,7 @@ def test_a_goal_image_may_come_with_its_joint_positions():
                        atol=1e-6)
     with pytest.raises(ValueError, match='finite'):
         Agent(model, MPCConfig(planning=planning)).set_goal_image(frame, [np.nan, 0.0])
+
 
 @pytest.mark.timeout(300)
 def test_training_runs_every_phase_on_generated_arm_reach(tmp_path):

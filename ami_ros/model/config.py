@@ -91,8 +91,8 @@ class KeypointEncoderConfig:
     standardised by the training frames' statistics; no learned weights. The pose of a rigid
     object, where it is and which way it points, in 9 smooth numbers at sub-pixel precision
     (not its mass, the foreground's pixel count: a rigid object's changes only by a few
-    rasterised pixels, noise that standardising would blow up). Needs ``background``; with ``self_mask``, the moments of what the
-    robot moves."""
+    rasterised pixels, noise that standardising would blow up). Needs ``background``; with
+    ``self_mask``, the moments of what the robot moves."""
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
