@@ -126,8 +126,11 @@ def test_the_sim_node_refuses_an_effort_scene_clearly():
 
 @pytest.mark.parametrize('name, size', [('reacher', 96), ('reacher_proprio', 64)])
 def test_the_shipped_reacher_models_plan_on_the_scene_at_their_own_image_size(name, size):
-    """models/reacher (96 px, pixels only) and models/reacher_proprio (64 px, the joints in the
-    state, the goal's joints given with its image) load by name and plan one step."""
+    """The shipped reacher models load by name and plan one step.
+
+    models/reacher: 96 px, pixels only; models/reacher_proprio: 64 px, the joints in the state,
+    the goal's joints given with its image.
+    """
     from ami_ros.agent import Agent
     from ami_ros.config import load_scene_config
     from ami_ros.model.checkpoint import load_checkpoint

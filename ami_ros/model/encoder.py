@@ -166,8 +166,10 @@ class KeypointEncoder(nn.Module):
 
     @torch.no_grad()
     def set_moment_stats(self, x: torch.Tensor, joints: torch.Tensor | None = None) -> None:
-        """Standardise the moments by their mean and spread over normalised images (N, 3, S, S)
-        (and their joint positions (N, J), with the self mask)."""
+        """Standardise the moments by their mean and spread over normalised images.
+
+        ``x`` (N, 3, S, S); ``joints`` (N, J), their joint positions, with the self mask.
+        """
         m = self.raw_moments(self._input(x, joints))
         self.moment_mean.copy_(m.mean(0))
         self.moment_std.copy_(m.std(0).clamp(min=1e-6))

@@ -222,8 +222,10 @@ class Objective(nn.Module):
 
 def background_frames(episodes: list[Episode], size: int, count: int = 1024
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``count`` frames spread evenly over all episodes, resized: (N, S, S, 3) uint8, and
-    their joint positions (N, J) float32."""
+    """Up to ``count`` frames spread evenly over all episodes, resized, with their joints.
+
+    Returns (N, S, S, 3) uint8 frames and their joint positions (N, J) float32.
+    """
     index = [(i, t) for i, ep in enumerate(episodes) for t in range(len(ep))]
     pick = np.linspace(0, len(index) - 1, min(count, len(index))).astype(int)
     frames = np.stack([episodes[i].images[t] for i, t in (index[j] for j in pick)])
