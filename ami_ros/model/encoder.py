@@ -148,6 +148,10 @@ class KeypointEncoder(nn.Module):
             raise ValueError('an image-moments encoder (keypoints.moments) has no heat maps')
         return self.points.heat_maps(self._input(x, joints)).flatten(2).transpose(1, 2)
 
+    def foreground_of(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) bool: the pixels of background-subtracted images that differ from it."""
+        return x.abs().sum(dim=1, keepdim=True) > self.foreground_threshold
+
     def raw_moments(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 9) moments of the foreground of background-subtracted images (B, 3, S, S).
 
@@ -155,7 +159,7 @@ class KeypointEncoder(nn.Module):
         (xxx, yyy, xxy, xyy) of the foreground pixels.
         """
         s = x.shape[-1]
-        w = (x.abs().sum(dim=1) > self.foreground_threshold).to(x.dtype)       # (B, S, S)
+        w = self.foreground_of(x)[:, 0].to(x.dtype)                          # (B, S, S)
         w = w / w.sum((-2, -1)).clamp(min=1.0)[:, None, None]
         g = torch.linspace(-1.0, 1.0, s, device=x.device, dtype=x.dtype)
         mx, my = (w * g).sum((-2, -1)), (w * g[:, None]).sum((-2, -1))
@@ -184,7 +188,7 @@ class KeypointEncoder(nn.Module):
         s = x.shape[-1]
         f = F.interpolate(self.points.heat_maps(x), size=(s, s), mode='bilinear',
                           align_corners=False)                              # (B, K, S, S)
-        fg = x.abs().sum(dim=1, keepdim=True) > self.foreground_threshold   # (B, 1, S, S)
+        fg = self.foreground_of(x)                                          # (B, 1, S, S)
         p = F.softmax(f.masked_fill(~fg, -1e4).flatten(2), dim=-1)          # (B, K, S*S)
         g = torch.linspace(-1.0, 1.0, s, device=x.device, dtype=x.dtype)
         kx = (p.view(*p.shape[:2], s, s) * g).sum((-2, -1))
