@@ -229,3 +229,38 @@ def test_a_stop_that_hangs_still_ends_the_process():
     assert code == 0 and 0.4 <= elapsed <= 5.0, (code, elapsed)
     assert 'not finished: exiting now' in proc.stderr.read()
     assert 'not reached' not in proc.stdout.read()
+
+
+def test_a_stop_stuck_holding_the_gil_still_ends_the_process():
+    """A stop stuck in a C call that holds the GIL ends by faulthandler's backstop, with stacks.
+
+    The watchdog thread cannot run then; the catastrophic regular expression below holds the
+    GIL for minutes (sre never releases it), as a deadlocked finalizer or DDS teardown would.
+    """
+    import subprocess
+    import sys
+
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2) is not installed')
+    code = ('import re, time\n'
+            'from ami_ros.nodes.common import StopSignals\n'
+            'stop = StopSignals(grace=0.5)\n'
+            "print('ready', flush=True)\n"
+            'while stop.requested is None:\n'
+            '    time.sleep(0.01)\n'
+            "re.match(r'(a+)+$', 'a' * 60 + 'b')  # the clean-up, stuck with the GIL held\n"
+            "print('not reached', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout.readline().strip() == 'ready', proc.stderr.read()
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=10.0)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.stderr.read()
+    assert code == 1 and 1.4 <= elapsed <= 6.0, (code, elapsed, stderr[-2000:])
+    assert 'Timeout' in stderr and '<string>' in stderr, stderr[-2000:]  # the stuck line's stack
+    assert 'not reached' not in proc.stdout.read()

@@ -26,6 +26,7 @@ import ast
 import array
 import collections
 import dataclasses
+import faulthandler
 import functools
 import gc
 import inspect
@@ -557,12 +558,17 @@ class StopSignals:
     :func:`signal.set_wakeup_fd`, written by the C-level handler even while the main thread is
     stuck inside a C call), and a process still running ``grace`` seconds after the first signal
     says so on stderr and exits with code 0 (a shutdown in DDS that did not return was seen once
-    in 45 node processes stopped under load: killed after 15 s).
+    in 45 node processes stopped under load: killed after 15 s). A stop stuck in a C call that
+    holds the GIL starves that thread too (a world_model process was killed after 15 s in 1 of
+    15 launches); ``BACKSTOP_S`` later faulthandler's C thread, which needs no GIL, prints every
+    thread's stack to stderr and ends the process with code 1.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     GRACE_S = 1.5
     """Seconds the orderly stop has before the watchdog ends the process (normal: 0.3-1.0 s)."""
+    BACKSTOP_S = 1.0
+    """Seconds after the watchdog's turn that the GIL-free backstop ends the process (code 1)."""
 
     def __init__(self, grace: float = GRACE_S):
         self.requested: int | None = None
@@ -589,6 +595,12 @@ class StopSignals:
         if self.requested is not None:
             raise KeyboardInterrupt
         self.requested = signum
+        # The watchdog thread needs the GIL to end the process; a stop stuck in a C call that
+        # holds it (a deadlock in a finalizer or a DDS teardown) would starve it, and the
+        # process would hang until killed. faulthandler's timer is a C thread that needs no
+        # GIL: one second after the watchdog's turn it prints every thread's stack (where the
+        # stop hung) and ends the process with code 1.
+        faulthandler.dump_traceback_later(self.grace + self.BACKSTOP_S, exit=True)
 
 
 def init_ros(args: list[str] | None = None) -> StopSignals:
