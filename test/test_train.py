@@ -373,3 +373,31 @@ def test_an_image_moments_model_learns_the_dot_worlds_dynamics(tmp_path):
     result = evaluate(model, eps, horizons=(1, 3, 5))
     ratio = dict(zip(result['horizons'], result['rollout_ratio']))
     assert ratio[3] < 0.7 and ratio[5] < 0.7, result
+
+
+def test_a_fixed_encoders_latents_are_computed_once_and_train_alike(tmp_path, monkeypatch):
+    """An encoder without parameters: windows come from latents cached at start, same losses."""
+    from ami_ros.model.config import KeypointEncoderConfig
+
+    eps = make_dot_episodes(6, length=20, image_size=16, seed=2)
+    cfg = tiny_run_config(steps=20, regularizer='vicreg')
+    cfg.model.encoder, cfg.model.latent_dim = 'keypoints', 9
+    cfg.model.keypoints = KeypointEncoderConfig(background=True, moments=True)
+    cfg.model.__post_init__()
+    cfg.loss.reg_weight, cfg.loss.target = 0.0, 'online'
+    cfg.train.lr, cfg.train.log_every, cfg.train.val_every = 5e-3, 5, 10
+    cached = Trainer(cfg, eps[:5], eps[5:], tmp_path / 'cached', progress=False)
+    assert cached.latents is not None and len(cached.latents['train']) == 5 * 20
+    frames = cached.train_data.frames(torch.arange(3))
+    images, _, joints = cached.train_data.batch(torch.arange(3))
+    with torch.no_grad():
+        z = cached.model.visual(cached.model.preprocess(images.flatten(0, 1)),
+                                joints[..., :2].flatten(0, 1))
+    assert torch.allclose(cached.latents['train'][frames].flatten(0, 1), z, atol=1e-5)
+    cached.run()
+    monkeypatch.setattr(Trainer, '_cache_latents', lambda self: None)
+    plain = Trainer(cfg, eps[:5], eps[5:], tmp_path / 'plain', progress=False)
+    plain.run()
+    for key in ('loss', 'val_loss', 'val_rollout_ratio_h5'):
+        a, b = cached._last(key), plain._last(key)
+        assert a == pytest.approx(b, rel=1e-3), (key, a, b)

@@ -234,8 +234,22 @@ class WindowDataset:
         Returns images (B, L, H, W, 3) uint8, actions (B, L, A) and joints (B, L, J) float32
         (with ``with_ee``: (B, L, J + 3), the end-effector position after the joints).
         """
-        frames = self.starts[idx][:, None] + self._steps                # (B, L)
+        frames = self.frames(idx)                                       # (B, L)
         return self.images[frames], self.actions[frames], self.joints[frames]
+
+    def frames(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, L) indices into the concatenated frames of windows ``idx`` (B,)."""
+        return self.starts[idx][:, None] + self._steps
+
+    @torch.no_grad()
+    def encode_all(self, encode, batch_size: int = 1024) -> torch.Tensor:
+        """(N, D) ``encode(images, joints)`` of every frame, in batches (N: all frames).
+
+        For an encoder with nothing to learn (image moments): its latents are the same at every
+        step, so they are computed once and windows are gathered from them.
+        """
+        return torch.cat([encode(self.images[i:i + batch_size], self.joints[i:i + batch_size])
+                          for i in range(0, len(self.images), batch_size)])
 
 
 def probe_targets(episodes: list[Episode], name: str) -> np.ndarray | None:
