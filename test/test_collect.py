@@ -142,3 +142,21 @@ def test_collect_arm_reach(tmp_path, capsys):
     ep = read_bag(bags[0], cache=False)
     assert ep.images.shape[1:] == (64, 64, 3)
     assert {'ee_position', 'ee_quaternion', 'ee_yaw', 'goal_position'} <= set(ep.ground_truth)
+
+
+def test_collect_pusht_with_its_expert_pushes_the_t_towards_the_goal(tmp_path, capsys):
+    """``--policy expert``: the expert-like pusher drives the recording (pusht only)."""
+    pytest.importorskip('pymunk', reason='the pusht scene needs pymunk')
+    out = tmp_path / 'expert'
+    rc = main(['collect', '--scene', 'pusht', '--policy', 'expert', '--episodes', '2',
+               '--steps', '40', '--out', str(out), '--no-progress'])
+    assert rc == 0, capsys.readouterr().err
+    for bag in check_bags(out, 'pusht', 0, 2, 40, joints=2):
+        truth = read_bag(bag, cache=False).ground_truth
+        turn = truth['block_yaw'][:, 0] - truth['goal_yaw'][:, 0]
+        error = (np.linalg.norm(truth['block_position'] - truth['goal_position'], axis=1)
+                 + 0.1 * np.abs(np.angle(np.exp(1j * turn))))  # m, and 0.1 m per rad
+        assert error[-1] < error[0] - 0.01, error[[0, -1]]  # nearer the green T
+    assert main(['collect', '--scene', 'reacher', '--policy', 'expert', '--out',
+                 str(tmp_path / 'r')]) == 2
+    assert "scene 'reacher' has no expert" in capsys.readouterr().err

@@ -27,11 +27,16 @@ import numpy as np
 from ami_ros.cli import add_robot_argument
 from ami_ros.data.bag import SIM_EPOCH_NS, STORAGES, BagError, BagWriter, BagWriterConfig
 from ami_ros.robot_config import RobotError, load_robot
-from ami_ros.sim import ARM_SCENES, SCENES, CommandError, SceneConfig, make_scene
+from ami_ros.sim import (ARM_SCENES, EXPERT_SCENES, SCENES, CommandError, SceneConfig,
+                         make_scene)
 
 
 class UselessDataError(RuntimeError):
     """Recorded frames that cannot teach a model anything (the camera does not see the robot)."""
+
+
+POLICIES = ('explorer', 'expert')
+"""What can drive a scene while it is recorded."""
 
 
 @dataclass
@@ -56,6 +61,10 @@ class CollectConfig:
     """rosbag2 storage plugin: mcap or sqlite3."""
     robot: str = ''
     """Robot config of the arm scene (a YAML path or a shipped name); '' = the scene's own."""
+    policy: str = 'explorer'
+    """What drives the scene: ``explorer`` (its exploration policy) or ``expert`` (its
+    expert-like pusher towards the goal, where it has one: pusht; the world-model benchmarks
+    train on expert demonstrations and take their goals from held-out ones)."""
     min_motion: float = 0.05
     """Frame check: joints that moved this far (rad or m) from the episode's start must show."""
     min_changed_pixels: float = 0.002
@@ -85,6 +94,11 @@ class CollectConfig:
             raise ValueError(f'steps must be in [1, 10000000], got {self.steps}')
         if not 0 <= int(self.seed) < 2**31:
             raise ValueError(f'seed must be in [0, 2**31), got {self.seed}')
+        if self.policy not in POLICIES:
+            raise ValueError(f'policy must be one of {list(POLICIES)}, got {self.policy!r}')
+        if self.policy == 'expert' and self.scene not in EXPERT_SCENES:
+            raise ValueError(f'policy expert: scene {self.scene!r} has no expert (scenes with '
+                             f'one: {list(EXPERT_SCENES)})')
         if self.storage not in STORAGES:
             raise ValueError(f'storage must be one of {sorted(STORAGES)}, got {self.storage!r}')
         self.scene_config()  # checks image_size and control_hz
@@ -121,6 +135,10 @@ def add_parser(parser) -> None:
                         help='control and frame rate (default: the robot config\'s, or 10)')
     parser.add_argument('--storage', choices=sorted(STORAGES), default='mcap',
                         help='rosbag2 storage plugin')
+    parser.add_argument('--policy', choices=POLICIES, default='explorer',
+                        help="what drives the scene: its exploration policy, or (pusht) its "
+                             "expert-like pusher towards the goal T, as the world-model "
+                             "benchmarks' demonstrations")
     parser.add_argument('--json', action='store_true', help='print the summary as JSON')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
 
@@ -154,13 +172,14 @@ class FrameCheck:
 
 
 def record_episode(scene, writer: BagWriter, steps: int, start_ns: int,
-                   rng: np.random.Generator, check: FrameCheck | None = None) -> Iterator[int]:
-    """Run the scene's explorer for ``steps`` control steps from a reset scene.
+                   rng: np.random.Generator, check: FrameCheck | None = None,
+                   policy: str = 'explorer') -> Iterator[int]:
+    """Run the scene's explorer (or expert) for ``steps`` control steps from a reset scene.
 
     Logs into ``writer``; a generator that yields the step index after each step (for progress).
     ``check`` sees every frame with the joint positions.
     """
-    explorer = scene.make_explorer(rng)
+    explorer = scene.make_expert(rng) if policy == 'expert' else scene.make_explorer(rng)
     dt_ns = round(scene.control_dt * 1e9)
     for k in range(steps):
         t = start_ns + k * dt_ns
@@ -216,7 +235,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
                     rng = np.random.default_rng([cfg.seed, i, 1])
                     check = FrameCheck(cfg.min_motion, cfg.min_changed_pixels)
                     for _ in record_episode(scene, writer, cfg.steps, cfg.episode_start_ns(i),
-                                            rng, check):
+                                            rng, check, cfg.policy):
                         bar.update(1)
                     check.check(f'{cfg.label} episode {i} ({path})')
             except BaseException:
@@ -252,7 +271,7 @@ def run(args) -> int:
         cfg = CollectConfig(scene=args.scene, episodes=args.episodes, out=args.out,
                             seed=args.seed, steps=args.steps, image_size=args.image_size,
                             control_hz=args.control_hz, storage=args.storage,
-                            robot=args.robot or '')
+                            robot=args.robot or '', policy=args.policy)
     except ValueError as err:  # RobotError too
         print(f'ami-ros collect: error: {err}', file=sys.stderr)
         return 2

@@ -15,6 +15,8 @@ EFFORT_SCENES = ('reacher',)
 """Scenes whose commands are joint efforts (the others take joint positions)."""
 ARM_SCENES = ('arm_reach',)
 """Scenes built from a robot config (any serial arm's URDF, ``ami_ros.robot_config``)."""
+EXPERT_SCENES = ('pusht',)
+"""Scenes with an expert-like policy (``make_expert``) besides their explorer."""
 
 
 def make_scene(name: str, config: SceneConfig | None = None, robot=None) -> Scene:
