@@ -529,8 +529,10 @@ class Trainer:
         return out
 
     def _batch(self, split: str, idx: torch.Tensor):
-        """Windows ``idx`` of a split: images (None when latents are cached), actions, joints
-        and the cached latents (or None), on the training device.
+        """Windows ``idx`` of a split, on the training device.
+
+        Returns images (None when latents are cached), actions, joints and the cached latents
+        (or None).
         """
         data, dev = (self.train_data if split == 'train' else self.val_data), self.dist.device
         if self.latents is None:
