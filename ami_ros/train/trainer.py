@@ -142,7 +142,7 @@ class Objective(nn.Module):
         """Map images (B, L, H, W, 3) uint8 and actions (B, L, A) to the loss terms.
 
         ``latents`` (B, L, Dv): the frames' visual latents, computed beforehand (a fixed
-        encoder, see :meth:`Trainer.cached`), in place of encoding ``images`` (then None).
+        encoder, see :meth:`Trainer._cache_latents`), in place of encoding ``images`` (then None).
         """
         model, cfg = self.model, self.loss
         b, length = actions.shape[:2]
