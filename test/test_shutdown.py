@@ -203,32 +203,42 @@ def test_node_processes_exit_within_2_s_of_sigint(ros_node, ros_process, wait_fo
     _report('per-node processes', results)
 
 
-def test_a_stop_that_hangs_still_ends_the_process():
-    """The watchdog of StopSignals ends a process whose main thread never answers the signal."""
+def _sigint_when_ready(code: str) -> tuple[int, float, str, str]:
+    """Run ``code`` in a fresh interpreter, SIGINT it once it prints 'ready'.
+
+    Returns its exit code, the seconds from SIGINT to exit, and the rest of its stdout and its
+    stderr.
+    """
     import subprocess
     import sys
 
-    pytest.importorskip('rclpy', reason='rclpy (ROS 2) is not installed')
-    code = ('import threading\n'
-            'from ami_ros.nodes.common import StopSignals\n'
-            'stop = StopSignals(grace=0.5)\n'
-            "print('ready', flush=True)\n"
-            'threading.Event().wait()  # a main thread stuck: it never checks stop.requested\n'
-            "print('not reached', flush=True)\n")
     proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert proc.stdout.readline().strip() == 'ready', proc.stderr.read()
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=10.0)
+        rc = proc.wait(timeout=10.0)
         elapsed = time.monotonic() - t0
     finally:
         if proc.poll() is None:
             proc.kill()
+    return rc, elapsed, proc.stdout.read(), proc.stderr.read()
+
+
+def test_a_stop_that_hangs_still_ends_the_process():
+    """The watchdog of StopSignals ends a process whose main thread never answers the signal."""
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2) is not installed')
+    code, elapsed, stdout, stderr = _sigint_when_ready(
+        'import threading\n'
+        'from ami_ros.nodes.common import StopSignals\n'
+        'stop = StopSignals(grace=0.5)\n'
+        "print('ready', flush=True)\n"
+        'threading.Event().wait()  # a main thread stuck: it never checks stop.requested\n'
+        "print('not reached', flush=True)\n")
     assert code == 0 and 0.4 <= elapsed <= 5.0, (code, elapsed)
-    assert 'not finished: exiting now' in proc.stderr.read()
-    assert 'not reached' not in proc.stdout.read()
+    assert 'not finished: exiting now' in stderr
+    assert 'not reached' not in stdout
 
 
 def test_a_stop_stuck_holding_the_gil_still_ends_the_process():
@@ -237,30 +247,16 @@ def test_a_stop_stuck_holding_the_gil_still_ends_the_process():
     The watchdog thread cannot run then; the catastrophic regular expression below holds the
     GIL for minutes (sre never releases it), as a deadlocked finalizer or DDS teardown would.
     """
-    import subprocess
-    import sys
-
     pytest.importorskip('rclpy', reason='rclpy (ROS 2) is not installed')
-    code = ('import re, time\n'
-            'from ami_ros.nodes.common import StopSignals\n'
-            'stop = StopSignals(grace=0.5)\n'
-            "print('ready', flush=True)\n"
-            'while stop.requested is None:\n'
-            '    time.sleep(0.01)\n'
-            "re.match(r'(a+)+$', 'a' * 60 + 'b')  # the clean-up, stuck with the GIL held\n"
-            "print('not reached', flush=True)\n")
-    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        assert proc.stdout.readline().strip() == 'ready', proc.stderr.read()
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=10.0)
-        elapsed = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    stderr = proc.stderr.read()
+    code, elapsed, stdout, stderr = _sigint_when_ready(
+        'import re, time\n'
+        'from ami_ros.nodes.common import StopSignals\n'
+        'stop = StopSignals(grace=0.5)\n'
+        "print('ready', flush=True)\n"
+        'while stop.requested is None:\n'
+        '    time.sleep(0.01)\n'
+        "re.match(r'(a+)+$', 'a' * 60 + 'b')  # the clean-up, stuck with the GIL held\n"
+        "print('not reached', flush=True)\n")
     assert code == 1 and 1.4 <= elapsed <= 6.0, (code, elapsed, stderr[-2000:])
     assert 'Timeout' in stderr and '<string>' in stderr, stderr[-2000:]  # the stuck line's stack
-    assert 'not reached' not in proc.stdout.read()
+    assert 'not reached' not in stdout
