@@ -303,3 +303,39 @@ def test_a_shard_of_an_evaluation_runs_the_episodes_of_the_whole_run():
     whole, shard = run(0), run(1)
     assert len(shard[0]) == 2 and shard[0] == whole[0][1:]
     np.testing.assert_array_equal(np.array(shard[1]), np.array(whole[1][1:]))
+
+
+def test_recorded_episodes_are_training_data_of_what_the_policy_saw_and_sent(tmp_path):
+    from ami_ros.config import load_scene_config
+    from ami_ros.data.bag import read_bag
+    from ami_ros.evaluation import plan_eval as pe
+    from ami_ros.safety import Limits
+    from ami_ros.sim import SceneConfig, make_scene
+
+    scene = make_scene('pusht', SceneConfig(image_size=32, seed=0))
+    limits = Limits(('x', 'y'), scene.lower, scene.upper, np.asarray(scene.velocity_limit))
+    mpc = load_scene_config('pusht').mpc(limits)
+    ecfg = pe.PlanEvalConfig(steps=6, goal_steps=5)
+    seen, sent = [], []
+
+    class Spy(pe.RandomPolicy):
+        def __call__(self, image, q, stamp, executed):
+            target, ms = super().__call__(image, q, stamp, executed)
+            seen.append(image.copy())
+            sent.append(np.clip(target, scene.lower, scene.upper))
+            return target, ms
+
+    def run():
+        return pe.evaluate(scene, {'random': Spy(mpc.planning, seed=3)}, 2, 4, ecfg,
+                           log=lambda m: None, first=1, bags=tmp_path)
+
+    results, _ = run()
+    bags = sorted((tmp_path / 'random').iterdir())
+    assert [b.name for b in bags] == ['pusht_4_0001']  # the shard's episode only
+    ep = read_bag(bags[0])
+    assert len(ep) == 6
+    np.testing.assert_array_equal(ep.images, np.stack(seen))
+    np.testing.assert_allclose(ep.actions, np.stack(sent), atol=1e-6)
+    assert np.abs(np.diff(ep.joint_positions, axis=0)).max() > 0  # the pusher moved
+    with pytest.raises(FileExistsError, match='pusht_4_0001'):
+        run()  # nothing recorded is overwritten

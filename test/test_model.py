@@ -263,6 +263,97 @@ def test_image_moments_latent_says_where_an_object_is_and_which_way_it_points(tm
         KeypointEncoderConfig(moments=True)
 
 
+def _t_shape(size: int, x: float, y: float, angle: float) -> np.ndarray:
+    """A T (bar 4 x 1, stem 1 x 4 units of size/16 pixels) at (x, y) px, turned by ``angle``."""
+    u = (np.arange(size) + 0.5)[None, :] - x
+    v = (np.arange(size) + 0.5)[:, None] - y
+    c, s = math.cos(angle), math.sin(angle)
+    a, b = (c * u + s * v) * 16 / size, (c * v - s * u) * 16 / size  # the T's own frame
+    bar = (np.abs(a) <= 2) & (b >= -2) & (b <= -1)
+    stem = (np.abs(a) <= 0.5) & (b >= -1) & (b <= 2)
+    inside = bar | stem
+    f = np.zeros((size, size, 3), np.uint8)
+    f[inside] = 200
+    return f
+
+
+def test_pose_latent_reads_where_a_t_is_and_which_way_it_faces():
+    """keypoints.pose: the centroid and a heading that turns with the object, a full turn."""
+    from ami_ros.model.config import KeypointEncoderConfig
+
+    model = WorldModel(tiny_config(image_size=64, encoder='keypoints', latent_dim=4, keypoints=(
+        KeypointEncoderConfig(background=True, moments=True, pose=True, scale=4.0))))
+    model.encoder.set_background(model.preprocess(np.zeros((1, 64, 64, 3), np.uint8)))
+    angles = np.linspace(0, 2 * math.pi, 12, endpoint=False)
+    frames = np.stack([_t_shape(64, 30 + 4 * np.cos(a), 34, a) for a in angles])
+    # the T's centroid: 9/14 of a unit (4 px) from (x, y) towards the bar, turned by the angle
+    b = -9 / 14 * 4
+    expected = np.stack([30 + 4 * np.cos(angles) - b * np.sin(angles), 34 + b * np.cos(angles)],
+                        -1)
+    with torch.no_grad():
+        z = model.encode(frames).numpy()
+    assert z.shape == (12, 4)
+    np.testing.assert_allclose(np.hypot(z[:, 2], z[:, 3]), 1.0, atol=1e-5)
+    heading = np.arctan2(z[:, 3], z[:, 2])
+    turned = (heading - heading[0] - angles + math.pi) % (2 * math.pi) - math.pi
+    assert np.abs(turned).max() < 0.08                        # each turn read, no half turns
+    centre = (z[:, :2] / 4 + 1) / 2 * 64                      # back to pixels
+    np.testing.assert_allclose(centre, expected, atol=0.3)
+    with pytest.raises(ConfigError, match='must be 4'):
+        tiny_config(encoder='keypoints', latent_dim=9, keypoints=KeypointEncoderConfig(
+            background=True, moments=True, pose=True))
+    with pytest.raises(ConfigError, match='needs moments'):
+        KeypointEncoderConfig(background=True, pose=True)
+
+
+def test_object_frame_predictor_moves_with_the_scene():
+    """predictor.object_frame: shift and turn the scene, and the prediction turns alike.
+
+    SE(2) equivariance: the object, robot and commands shifted and turned; headings stay unit
+    vectors.
+    """
+    from ami_ros.model.predictor import ObjectFramePredictor, _turn
+
+    torch.manual_seed(0)
+    p = ObjectFramePredictor(3, 2, 32, 2, norm=False, scale=4.0)
+    nn_init = torch.nn.init.normal_
+    nn_init(p.out.weight, std=0.3)                            # a function that moves things
+
+    def pose(xy, th):
+        return torch.cat([4 * xy, torch.cos(th)[..., None], torch.sin(th)[..., None]], -1)
+
+    xy, th = torch.rand(6, 3, 2) - 0.5, torch.rand(6, 3) * 6
+    robot, commands = torch.rand(6, 3, 2) - 0.5, torch.rand(6, 2, 2) - 0.5
+    out = p(pose(xy, th), robot, commands)
+    assert float((out[..., :2] / 4 - xy[:, -1]).norm(dim=-1).min()) > 1e-3  # it moved
+    np.testing.assert_allclose(out[..., 2:].norm(dim=-1).detach().numpy(), 1.0, atol=1e-6)
+    a, t = torch.tensor(0.7), torch.tensor([0.1, -0.2])
+
+    def move(v):  # turn by a, then shift by t
+        return _turn(v, torch.cos(a), -torch.sin(a)) + t
+    out2 = p(pose(move(xy), th + a), move(robot), move(commands))
+    expected = torch.cat([4 * move(out[..., :2] / 4),
+                          _turn(out[..., 2:], torch.cos(a), -torch.sin(a))], -1)
+    torch.testing.assert_close(out2, expected, atol=1e-5, rtol=0)
+    # in a model: the robot placed by the self mask's map, a rollout of the right shape
+    from ami_ros.model.config import KeypointEncoderConfig, ProprioConfig
+    keypoints = KeypointEncoderConfig(background=True, moments=True, pose=True, scale=4.0,
+                                      self_mask=(2.0, 0.0, 0.0, 0.0, 2.0, 0.0),
+                                      self_mask_radius=0.1)
+    predictor = PredictorConfig(history=3, action_history=2, hidden=16, layers=1,
+                                object_frame=True)
+    proprio = ProprioConfig(enabled=True, ee_dim=0, reader_channels=(4, 4, 4, 4),
+                            reader_keypoints=4)
+    cfg = tiny_config(image_size=16, encoder='keypoints', latent_dim=4, keypoints=keypoints,
+                      predictor=predictor, proprio=proprio)
+    model = WorldModel(cfg)
+    model.set_action_stats([0.25, 0.25], [0.1, 0.1])
+    z = torch.cat([pose(xy, th), torch.rand(6, 3, 2)], -1)
+    assert model.rollout(z, torch.rand(6, 5, 2) * 0.5).shape == (6, 5, 6)
+    with pytest.raises(ConfigError, match='object_frame'):
+        tiny_config(predictor=PredictorConfig(object_frame=True))
+
+
 def test_probe_outputs_physical_units_and_angles_wrap():
     model = tiny_model()
     out = model.probe(torch.randn(5, 8))

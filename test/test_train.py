@@ -401,3 +401,30 @@ def test_a_fixed_encoders_latents_are_computed_once_and_train_alike(tmp_path, mo
     for key in ('loss', 'val_loss', 'val_rollout_ratio_h5'):
         a, b = cached._last(key), plain._last(key)
         assert a == pytest.approx(b, rel=1e-3), (key, a, b)
+
+
+def test_data_weights_draw_each_paths_windows_as_often_as_asked(tmp_path, capsys):
+    from ami_ros.cli.train import load_data
+    from ami_ros.model.config import ConfigError, DataConfig
+
+    eps = make_dot_episodes(4, length=12, image_size=16, seed=4)
+    write_dot_bags(tmp_path / 'explore', eps[:3])
+    write_dot_bags(tmp_path / 'own', eps[3:])
+    cfg = tiny_run_config()
+    cfg.data = DataConfig(paths=(str(tmp_path / 'explore'), str(tmp_path / 'own')),
+                          weights=(1.0, 6.0), val_paths=(str(tmp_path / 'own'),))
+    train, _, info = load_data(cfg, progress=False)
+    assert [ep.weight for ep in train] == [1.0, 1.0, 1.0, 6.0] and info['weights'] == [1.0, 6.0]
+    ds = WindowDataset(train, window=4)
+    idx = ds.draw(20_000, torch.Generator().manual_seed(0))
+    own = (ds.starts[idx] >= ds.episode_offsets[3]).float().mean().item()
+    assert own == pytest.approx(6 / 9, abs=0.02)  # 9 windows per episode: 6 of 3 + 6
+    # all alike: the uniform draws of before
+    plain = WindowDataset(make_dot_episodes(2, length=12, image_size=16), window=4)
+    assert plain.window_weights is None
+    torch.testing.assert_close(plain.draw(5, torch.Generator().manual_seed(1)),
+                               torch.randint(18, (5,), generator=torch.Generator().manual_seed(1)))
+    with pytest.raises(ConfigError, match='one weight per path'):
+        DataConfig(paths=('a', 'b'), weights=(1.0,))
+    with pytest.raises(ConfigError, match='> 0'):
+        DataConfig(paths=('a',), weights=(0.0,))

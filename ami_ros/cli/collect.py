@@ -12,7 +12,6 @@ that does not see the robot, an arm without visuals) is refused and its bag remo
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -25,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from ami_ros.cli import add_robot_argument
-from ami_ros.data.bag import SIM_EPOCH_NS, STORAGES, BagError, BagWriter, BagWriterConfig
+from ami_ros.data.bag import SIM_EPOCH_NS, STORAGES, BagError, BagWriter
 from ami_ros.robot_config import RobotError, load_robot
 from ami_ros.sim import (ARM_SCENES, EXPERT_SCENES, SCENES, CommandError, SceneConfig,
                          make_scene)
+from ami_ros.sim.record import open_episode_bag, write_step
 
 
 class UselessDataError(RuntimeError):
@@ -182,15 +182,11 @@ def record_episode(scene, writer: BagWriter, steps: int, start_ns: int,
     explorer = scene.make_expert(rng) if policy == 'expert' else scene.make_explorer(rng)
     dt_ns = round(scene.control_dt * 1e9)
     for k in range(steps):
-        t = start_ns + k * dt_ns
         frame = scene.render()
         if check is not None:
             check.add(frame, scene.joint_positions)
-        writer.write_image(t, frame)
-        writer.write_joint_state(t, scene.joint_positions, scene.joint_velocities)
-        writer.write_ground_truth(t, scene.ground_truth())
         scene.set_target(explorer())
-        writer.write_command(t, scene.target)
+        write_step(writer, start_ns + k * dt_ns, frame, scene)
         scene.step()
         yield k
 
@@ -207,12 +203,6 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
                               f'{", ".join(existing[:3])}{more}; choose another --out or --seed '
                               f'or delete them')
     scene = make_scene(cfg.scene, cfg.scene_config(), robot=cfg.robot or None)
-    # CameraInfo intrinsics: the scene's own field of view when it declares one
-    fovy = scene.camera_fovy_deg or BagWriterConfig.camera_fovy_deg
-    writer_cfg = BagWriterConfig(storage=cfg.storage, camera_fovy_deg=fovy)
-    if scene.control_mode == 'effort':  # ros2_control's JointGroupEffortController topic
-        writer_cfg = dataclasses.replace(writer_cfg,
-                                         command_topic='/forward_effort_controller/commands')
     cfg.out.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
     bar = tqdm(total=cfg.episodes * cfg.steps, unit='frame', desc=f'collect {cfg.label}',
@@ -223,13 +213,10 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
         for i in range(cfg.episodes):
             path = cfg.bag_dir(i)
             scene.reset(cfg.seed + i)
-            meta = {'ami_ros.scene': cfg.scene, 'ami_ros.seed': str(cfg.seed + i),
-                    'ami_ros.control_hz': str(cfg.control_hz),
-                    'ami_ros.joint_names': ','.join(scene.joint_names)}
-            if cfg.robot:
-                meta['ami_ros.robot'] = cfg.label
             # created outside the clean-up below: a directory that appeared meanwhile is not ours
-            writer = BagWriter(path, scene.joint_names, writer_cfg, metadata=meta)
+            writer = open_episode_bag(path, scene, seed=cfg.seed + i, control_hz=cfg.control_hz,
+                                      storage=cfg.storage,
+                                      extra={'ami_ros.robot': cfg.label} if cfg.robot else None)
             try:
                 with writer:
                     rng = np.random.default_rng([cfg.seed, i, 1])

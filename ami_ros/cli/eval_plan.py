@@ -58,6 +58,11 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                              'eval.goal_joints; otherwise its reader reads them from the image)')
     parser.add_argument('--oracle-episodes', type=int, default=None,
                         help='run the (slow) oracles on only the first N episodes')
+    parser.add_argument('--record', type=Path, default=None, metavar='DIR',
+                        help='also record every episode of each method as rosbag2, '
+                             'DIR/<method>/<scene>_<seed>_<episode>/, the topics ami-ros collect '
+                             'records: training data from the planner\'s own actions (use '
+                             'another --seed than the evaluation\'s)')
     add_model_arguments(parser)
     parser.add_argument('--out', type=Path, default=None,
                         help='directory for the PNGs (default runs/eval-plan/<scene>)')
@@ -139,6 +144,7 @@ def _log(message: str) -> None:
 
 def run(args) -> int:
     from ami_ros.agent import Agent
+    from ami_ros.data.bag import BagError
     from ami_ros.evaluation import plan_eval as pe
     from ami_ros.evaluation.plots import plot_filmstrip, plot_success
     from ami_ros.model.checkpoint import CheckpointError
@@ -183,8 +189,12 @@ def run(args) -> int:
         policies['oracle_latent'] = pe.OraclePolicy(scene, mpc, ecfg, model)
     _log(f'eval-plan: {ckpt_path} ({args.backend}) on {args.scene}, {args.episodes} episodes x '
          f'{ecfg.steps} steps, methods {list(policies)}')
-    results, goals = pe.evaluate(scene, policies, args.episodes, args.seed, ecfg, log=_log,
-                                 first=args.first_episode)
+    try:
+        results, goals = pe.evaluate(scene, policies, args.episodes, args.seed, ecfg, log=_log,
+                                     first=args.first_episode, bags=args.record)
+    except (FileExistsError, BagError) as exc:
+        print(f'ami-ros eval-plan: error: {exc}', file=sys.stderr)
+        return 2
     methods = {name: pe.summarize(r) for name, r in results.items()}
 
     p = mpc.planning

@@ -7,6 +7,7 @@ writes). Ctrl-C saves a resumable checkpoint; ``--resume`` continues from it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -40,7 +41,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _apply_overrides(cfg, args) -> None:
-    from ami_ros.model.config import DataConfig, TrainConfig, to_dict
+    from ami_ros.model.config import TrainConfig, to_dict
     train = to_dict(cfg.train)
     if args.max_steps is not None:
         train['max_steps'] = args.max_steps
@@ -49,12 +50,11 @@ def _apply_overrides(cfg, args) -> None:
     if args.device is not None:
         train['device'] = args.device
     cfg.train = TrainConfig(**train)
-    if args.data is not None:
-        cfg.data = DataConfig(paths=tuple(str(p) for p in args.data), val_paths=cfg.data.val_paths,
-                              generate=None)
+    if args.data is not None:  # the config's weights were for its own paths
+        cfg.data = dataclasses.replace(cfg.data, paths=tuple(str(p) for p in args.data),
+                                       weights=(), generate=None)
     if args.val_data is not None:
-        cfg.data = DataConfig(paths=cfg.data.paths, generate=cfg.data.generate,
-                              val_paths=tuple(str(p) for p in args.val_data))
+        cfg.data = dataclasses.replace(cfg.data, val_paths=tuple(str(p) for p in args.val_data))
     if args.robot:
         _apply_robot(cfg, args.robot)
 
@@ -83,9 +83,16 @@ def load_data(cfg, progress: bool):
                                        split_episodes)
     size = cfg.model.image_size
     if cfg.data.paths:
-        episodes = load_episodes(cfg.data.paths, image_size=size, progress=progress,
-                                 **cfg.data.read_options())
+        episodes = []
+        for path, weight in zip(cfg.data.paths, cfg.data.weights or [1.0] * len(cfg.data.paths)):
+            loaded = load_episodes([path], image_size=size, progress=progress,
+                                   **cfg.data.read_options())
+            for ep in loaded:
+                ep.weight = weight
+            episodes += loaded
         info = {'paths': list(cfg.data.paths), 'episodes': len(episodes)}
+        if cfg.data.weights:
+            info['weights'] = list(cfg.data.weights)
     elif cfg.data.generate is not None:
         episodes = episodes_from_scene(cfg.data.generate, progress=progress)
         info = {'generate': to_dict(cfg.data.generate), 'episodes': len(episodes)}

@@ -22,6 +22,8 @@ class Episode:
     joint_names: tuple[str, ...] = ()
     ground_truth: dict[str, np.ndarray] = field(default_factory=dict)
     source: str = ''
+    weight: float = 1.0
+    """Relative chance of each of its training windows being drawn (``data.weights``)."""
 
     def __post_init__(self):
         t = len(self.images)

@@ -30,6 +30,7 @@ import sys
 import time
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -37,9 +38,11 @@ import torch
 
 from ami_ros.agent import Agent
 from ami_ros.control import MPCConfig
+from ami_ros.data.bag import SIM_EPOCH_NS
 from ami_ros.evaluation.oracle import TrueDynamics, state_features
 from ami_ros.planning import PlannerConfig, latent_goal_cost, make_planner, probe_goal_cost
 from ami_ros.sim import Scene
+from ami_ros.sim.record import open_episode_bag, write_step
 
 
 @dataclass
@@ -346,8 +349,12 @@ class EpisodeResult:
 
 
 def run_episode(scene: Scene, policy, goal: Goal, cfg: PlanEvalConfig,
-                record: bool = False) -> EpisodeResult:
-    """Run ``policy`` for cfg.steps control steps from the scene's current state."""
+                record: bool = False, bag=None) -> EpisodeResult:
+    """Run ``policy`` for cfg.steps control steps from the scene's current state.
+
+    ``record``: keep the frames; ``bag``: a BagWriter that logs every step as ``ami-ros
+    collect`` does (:mod:`ami_ros.sim.record`), training data from this policy's own actions.
+    """
     policy.begin(goal)
     curve, plan_ms, frames, first = [], [], [], None
     initial = judge(scene, goal, cfg)[1]
@@ -358,6 +365,8 @@ def run_episode(scene: Scene, policy, goal: Goal, cfg: PlanEvalConfig,
             frames.append(image)
         target, ms = policy(image, scene.joint_positions, t * dt, scene.target)
         scene.set_target(np.clip(target, scene.lower, scene.upper))  # float32 rounding
+        if bag is not None:
+            write_step(bag, SIM_EPOCH_NS + round(t * dt * 1e9), image, scene)
         scene.step()
         if ms is not None:  # None: the step ran an earlier plan (no planning time to count)
             plan_ms.append(ms)
@@ -401,13 +410,22 @@ def summarize(results: list[EpisodeResult]) -> dict:
 
 def evaluate(scene: Scene, policies: dict[str, object], episodes: int, seed: int,
              cfg: PlanEvalConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-             record_episode: int = 0, first: int = 0
+             record_episode: int = 0, first: int = 0, bags: Optional[Path] = None
              ) -> tuple[dict[str, list[EpisodeResult]], list[Goal]]:
     """Run every policy on the same episodes; returns results per method and the goals.
 
     ``first``: run episodes ``first``..``episodes - 1`` only; the goals of the ones before are
     still drawn, so each episode has the goal it has in a whole run (shards of one evaluation).
+    ``bags``: record each method's episodes as rosbag2, ``<bags>/<method>/<scene>_<seed>_<ep>``
+    (refused before the first episode if one exists).
     """
+    if bags is not None:
+        taken = [str(_bag_path(bags, name, scene, seed, ep)) for name in policies
+                 for ep in range(int(first), int(episodes))
+                 if _bag_path(bags, name, scene, seed, ep).exists()]
+        if taken:
+            raise FileExistsError(f'refusing to overwrite recorded episodes: {taken[0]}'
+                                  f'{f" and {len(taken) - 1} more" if len(taken) > 1 else ""}')
     rng = np.random.default_rng(seed)
     results: dict[str, list[EpisodeResult]] = {name: [] for name in policies}
     goals = []
@@ -423,8 +441,21 @@ def evaluate(scene: Scene, policies: dict[str, object], episodes: int, seed: int
                     cfg.oracle_episodes is not None and ep >= int(cfg.oracle_episodes):
                 continue
             reset_to(scene, start, goal)
-            r = run_episode(scene, policy, goal, cfg, record=(ep - int(first) == record_episode))
+            record = ep - int(first) == record_episode
+            if bags is None:
+                r = run_episode(scene, policy, goal, cfg, record=record)
+            else:
+                path = _bag_path(bags, name, scene, seed, ep)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open_episode_bag(path, scene, seed=int(seed) * 100_003 + ep,
+                                      control_hz=1.0 / scene.control_dt,
+                                      extra={'ami_ros.policy': name}) as bag:
+                    r = run_episode(scene, policy, goal, cfg, record=record, bag=bag)
             results[name].append(r)
             line.append(f'{name} {"ok" if r.success else "--"} {r.final_error:.3g}')
         log(f'episode {ep + 1}/{episodes}: ' + ', '.join(line))
     return results, goals
+
+
+def _bag_path(bags: Path, method: str, scene: Scene, seed: int, ep: int) -> Path:
+    return Path(bags) / method / f'{scene.name}_{int(seed)}_{ep:04d}'

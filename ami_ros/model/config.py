@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ class ConfigError(ValueError):
     """A configuration value that is missing, unknown, of the wrong type or out of range."""
 
 
+POSE = 4
+"""Entries of a ``keypoints.pose`` latent: centroid x, y and heading (cos, sin)."""
 MOMENTS = 9
 """Entries of a ``keypoints.moments`` latent: centroid (2), central moments of order 2 (3) and
 3 (4)."""
@@ -93,6 +96,13 @@ class KeypointEncoderConfig:
     (not its mass, the foreground's pixel count: a rigid object's changes only by a few
     rasterised pixels, noise that standardising would blow up). Needs ``background``; with
     ``self_mask``, the moments of what the robot moves."""
+    pose: bool = False
+    """With ``moments``: the latent is the foreground's planar pose read from its moments
+    instead (``POSE`` = 4 numbers: ``latent_dim`` must be 4): its centroid (x, y, times
+    ``scale``) and the direction of its major axis as (cos, sin), pointed by the sign of the
+    third-order moment along it: where a rigid object is and which way it faces, for
+    ``predictor.object_frame``. For objects whose silhouette has a major axis and is not
+    symmetric along it (a T, an L, a wedge)."""
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -110,6 +120,9 @@ class KeypointEncoderConfig:
         self.moments = bool(self.moments)
         _check(not self.moments or self.background, 'keypoints.background', self.background,
                'must be true with moments (the moments of what differs from it)')
+        self.pose = bool(self.pose)
+        _check(not self.pose or self.moments, 'keypoints.pose', self.pose,
+               'needs moments (the pose is read from them)')
         _check(len(self.channels) >= 2 and all(1 <= c <= 1024 for c in self.channels),
                'keypoints.channels', self.channels, 'must be >= 2 counts in [1, 1024]')
         _check(self.first_stride in (1, 2), 'keypoints.first_stride', self.first_stride,
@@ -156,6 +169,14 @@ class PredictorConfig:
     norm: bool = True
     """LayerNorm after each hidden layer. Off makes the planner's rollouts cheaper (measured:
     a fifth of a CEM iteration served by ONNX Runtime went to LayerNorm at hidden 128)."""
+    object_frame: bool = False
+    """Predict the object's motion in its own frame (:class:`~ami_ros.model.predictor.
+    ObjectFramePredictor`): the robot's positions and commands enter relative to the object's
+    pose (``keypoints.pose``; the robot placed in the image by ``keypoints.self_mask``'s map of
+    the joint positions, the commands being joint position targets), and the predicted move is
+    turned back into the image: planar pushing looks the same wherever the object is and however
+    it is turned, so what is learned at one pose holds at all. Needs ``keypoints.pose``,
+    ``self_mask`` and ``proprio.enabled``."""
 
     def __post_init__(self):
         _check(1 <= self.history <= 16, 'predictor.history', self.history, 'must be in [1, 16]')
@@ -305,14 +326,22 @@ class ModelConfig:
             self.proprio = ProprioConfig(**self.proprio)
         if isinstance(self.keypoints, dict):
             self.keypoints = KeypointEncoderConfig(**self.keypoints)
+        if isinstance(self.predictor, dict):
+            self.predictor = PredictorConfig(**self.predictor)
         _check(self.encoder in ('cnn', 'vit', 'keypoints'), 'model.encoder', self.encoder,
                "must be 'cnn', 'vit' or 'keypoints'")
         _check(self.encoder != 'keypoints' or self.keypoints.moments or self.latent_dim % 2 == 0,
                'model.latent_dim',
                self.latent_dim, 'must be even with the keypoints encoder (x, y per keypoint)')
+        n_fixed = POSE if self.keypoints.pose else MOMENTS
         _check(not self.keypoints.moments or (self.encoder == 'keypoints' and
-                                              self.latent_dim == MOMENTS), 'model.latent_dim',
-               self.latent_dim, f'must be {MOMENTS} with keypoints.moments (encoder: keypoints)')
+                                              self.latent_dim == n_fixed), 'model.latent_dim',
+               self.latent_dim, f'must be {n_fixed} with keypoints.moments'
+               f'{" and pose" if self.keypoints.pose else ""} (encoder: keypoints)')
+        if self.predictor.object_frame:
+            _check(self.keypoints.pose and self.keypoints.self_mask, 'predictor.object_frame',
+                   True, 'needs keypoints.pose (the object\'s pose) and keypoints.self_mask '
+                   '(where the joints put the robot in the image)')
         if self.keypoints.self_mask:
             _check(self.encoder == 'keypoints' and self.proprio.enabled,
                    'model.keypoints.self_mask', self.keypoints.self_mask,
@@ -615,6 +644,10 @@ class DataConfig:
 
     paths: tuple[str, ...] = ()
     """rosbag2 bags, or directories holding them (``ami-ros collect --out DIR``)."""
+    weights: tuple[float, ...] = ()
+    """One per path: how much likelier a window of that path's episodes is drawn for a
+    training batch than one of weight 1 (e.g. ``[1, 1, 4]`` to weigh up the planner's own
+    episodes, ``eval-plan --record``, against a larger exploration set); () = all alike."""
     val_paths: tuple[str, ...] = ()
     """Optional separate held-out bags; when empty, ``train.val_fraction`` of episodes is held
     out."""
@@ -634,6 +667,11 @@ class DataConfig:
     def __post_init__(self):
         self.paths = tuple(str(p) for p in self.paths)
         self.val_paths = tuple(str(p) for p in self.val_paths)
+        self.weights = tuple(float(w) for w in self.weights)
+        _check(not self.weights or len(self.weights) == len(self.paths), 'data.weights',
+               self.weights, f'needs one weight per path ({len(self.paths)})')
+        _check(all(0.0 < w < math.inf for w in self.weights), 'data.weights', self.weights,
+               'must be finite and > 0')
         self.command_topics = tuple(str(t) for t in self.command_topics)
         _check(int(self.frame_skip) >= 1, 'data.frame_skip', self.frame_skip, 'must be >= 1')
         for name in ('image_topic', 'joint_states_topic'):

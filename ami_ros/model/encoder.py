@@ -91,8 +91,9 @@ class KeypointEncoder(nn.Module):
     def __init__(self, channels: tuple[int, ...], keypoints: int, first_stride: int,
                  scale: float, background_size: int = 0, self_mask: tuple[float, ...] = (),
                  self_mask_radius: float = 0.0, foreground: bool = False,
-                 moments: bool = False):
+                 moments: bool = False, pose: bool = False):
         super().__init__()
+        self.pose = bool(pose)
         # moments: a fixed map, standardised by statistics set by set_moment_stats
         self.points = None if moments else SpatialKeypoints(channels, keypoints, first_stride)
         self.register_buffer('moment_mean', torch.zeros(MOMENTS) if moments else None)
@@ -180,6 +181,8 @@ class KeypointEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, joints: torch.Tensor | None = None) -> torch.Tensor:
         x = self._input(x, joints)
+        if self.points is None and self.pose:
+            return pose_of_moments(self.raw_moments(x), self.scale)             # (B, 4)
         if self.points is None:
             return (self.raw_moments(x) - self.moment_mean) / self.moment_std    # (B, 9)
         if not self.foreground:
@@ -196,13 +199,28 @@ class KeypointEncoder(nn.Module):
         return self.scale * torch.cat([kx, ky], dim=-1)                     # (B, 2K)
 
 
+def pose_of_moments(m: torch.Tensor, scale: float) -> torch.Tensor:
+    """(B, 9) raw moments (:meth:`KeypointEncoder.raw_moments`) -> (B, 4) planar pose.
+
+    The centroid times ``scale``, then the heading (cos, sin): the major axis of the
+    second-order moments, pointed where the third-order moment along it (the skew) is
+    positive, so a silhouette that is not symmetric along its major axis has one heading.
+    """
+    mx, my, m20, m02, m11, m30, m03, m21, m12 = m.unbind(-1)
+    axis = 0.5 * torch.atan2(2.0 * m11, m20 - m02)
+    c, s = torch.cos(axis), torch.sin(axis)
+    skew = c ** 3 * m30 + 3.0 * c * c * s * m21 + 3.0 * c * s * s * m12 + s ** 3 * m03
+    sign = torch.where(skew >= 0, torch.ones_like(skew), -torch.ones_like(skew))
+    return torch.stack([scale * mx, scale * my, sign * c, sign * s], dim=-1)
+
+
 def build_encoder(config: ModelConfig) -> nn.Module:
     """The encoder named by ``config.encoder``."""
     if config.encoder == 'keypoints':
         k = config.keypoints
         return KeypointEncoder(k.channels, config.latent_dim // 2, k.first_stride, k.scale,
                                config.image_size if k.background else 0, k.self_mask,
-                               k.self_mask_radius, k.foreground, k.moments)
+                               k.self_mask_radius, k.foreground, k.moments, k.pose)
     if config.encoder == 'cnn':
         return CNNEncoder(config.image_size, config.cnn.channels, config.latent_dim)
     v = config.vit

@@ -41,7 +41,7 @@ from torch import nn
 
 from ami_ros.model.config import ModelConfig, ProbeSpec
 from ami_ros.model.encoder import build_encoder
-from ami_ros.model.predictor import Predictor
+from ami_ros.model.predictor import ObjectFramePredictor, Predictor
 from ami_ros.model.probes import ProbeHead
 from ami_ros.model.reader import ForwardKinematics, PostureReader
 
@@ -77,8 +77,12 @@ class WorldModel(nn.Module):
         self.config = config
         self.encoder = build_encoder(config)
         p = config.predictor
-        self.predictor = Predictor(config.state_dim, config.action_dim, p.history,
-                                   p.action_history, p.hidden, p.layers, p.norm)
+        if p.object_frame:
+            self.predictor = ObjectFramePredictor(p.history, p.action_history, p.hidden,
+                                                  p.layers, p.norm, config.keypoints.scale)
+        else:
+            self.predictor = Predictor(config.state_dim, config.action_dim, p.history,
+                                       p.action_history, p.hidden, p.layers, p.norm)
         self.reader = self.fk = self.joint_predictor = None
         if config.proprio.enabled:
             pc, j = config.proprio, config.action_dim
@@ -289,13 +293,28 @@ class WorldModel(nn.Module):
         if self.reader is None:
             return self.predictor(z_hist, a_hist)
         d, j = self.visual_dim, self.action_dim
-        z_next = self.predictor(z_hist, a_hist)[..., :d]
         q_hist = z_hist[..., d:d + j]                                     # (..., k, J)
+        if self.config.predictor.object_frame:
+            z_next = self.predictor(z_hist[..., :d], self._in_image(q_hist),
+                                    self._in_image(a_hist * self.action_std + self.action_mean,
+                                                   standardised=False))
+        else:
+            z_next = self.predictor(z_hist, a_hist)[..., :d]
         q_next = self.joint_predictor(q_hist, a_hist)                     # (..., J)
         parts = [z_next, q_next]
         if self.fk is not None:
             parts.append(self.fk(q_next * self.joint_std + self.joint_mean))
         return torch.cat(parts, dim=-1)
+
+    def _in_image(self, q: torch.Tensor, standardised: bool = True) -> torch.Tensor:
+        """Joint positions (..., J) -> the robot's place in the image, -1..1 as the centroid.
+
+        ``q``: the state's standardised joints, or physical ones; the self mask's map.
+        """
+        if standardised:
+            q = q * self.joint_std + self.joint_mean
+        m = self.encoder.self_map.to(q.dtype)
+        return 2.0 * (q @ m[:, :-1].T + m[:, -1]) - 1.0
 
     def rollout(self, z_hist: torch.Tensor, actions: torch.Tensor,
                 past_actions: torch.Tensor | None = None) -> torch.Tensor:

@@ -213,20 +213,30 @@ class WindowDataset:
         if with_ee:  # world model v2: the end-effector position rides along with the joints
             joints = np.concatenate([joints, episode_ee(episodes)], axis=1)
         self.joints = torch.from_numpy(joints)
-        starts, offset = [], 0
+        starts, weights, offset = [], [], 0
         self.episode_offsets = []
         for ep in episodes:
             self.episode_offsets.append(offset)
             if len(ep) >= window:
                 starts.append(np.arange(offset, offset + len(ep) - window + 1))
+                weights.append(np.full(len(starts[-1]), float(ep.weight)))
             offset += len(ep)
         if not starts:
             raise DataError(f'no episode has the {window} frames a window needs')
         self.starts = torch.from_numpy(np.concatenate(starts).astype(np.int64))
+        weights = np.concatenate(weights)
+        # None: every window alike (uniform draws, as without weights)
+        self.window_weights = None if np.all(weights == 1.0) else torch.from_numpy(weights)
         self._steps = torch.arange(window)
 
     def __len__(self) -> int:
         return len(self.starts)
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` window indices, each window as likely as its episode's weight."""
+        if self.window_weights is None:
+            return torch.randint(len(self.starts), (n,), generator=generator)
+        return torch.multinomial(self.window_weights, n, replacement=True, generator=generator)
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gather windows (B,) as images, actions and joint positions.

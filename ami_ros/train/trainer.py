@@ -463,8 +463,7 @@ class Trainer:
             for g in self.optimizer.param_groups:
                 g['lr'] = lr
             gen = torch.Generator().manual_seed(_step_seed(tc.seed, step, 1))
-            idx = torch.randint(len(self.train_data), (tc.batch_size * info.world_size,),
-                                generator=gen)
+            idx = self.train_data.draw(tc.batch_size * info.world_size, gen)
             idx = idx[info.rank * tc.batch_size:(info.rank + 1) * tc.batch_size]
             images, actions, joints, latents = self._batch('train', idx)
             if tc.augment_shift > 0:
