@@ -199,19 +199,31 @@ class KeypointEncoder(nn.Module):
         return self.scale * torch.cat([kx, ky], dim=-1)                     # (B, 2K)
 
 
+HEADING_SOFTNESS = 0.05
+"""Normalised skew and elongation below which a silhouette's heading fades (see
+:func:`pose_of_moments`); a T's are above 0.16 and 0.5."""
+
+
 def pose_of_moments(m: torch.Tensor, scale: float) -> torch.Tensor:
     """(B, 9) raw moments (:meth:`KeypointEncoder.raw_moments`) -> (B, 4) planar pose.
 
     The centroid times ``scale``, then the heading (cos, sin): the major axis of the
     second-order moments, pointed where the third-order moment along it (the skew) is
-    positive, so a silhouette that is not symmetric along its major axis has one heading.
+    positive, so a silhouette that is not symmetric along its major axis has one heading. The
+    heading's length is tanh(skew / s) x tanh(elongation / s) (both normalised by the spread,
+    s = ``HEADING_SOFTNESS``): 1 to 3 digits for an object like a T, fading to 0 for one
+    whose skew or major axis vanishes (a disc, a bar), so the latent stays continuous where the
+    heading is undefined rather than flipping on float rounding.
     """
     mx, my, m20, m02, m11, m30, m03, m21, m12 = m.unbind(-1)
+    spread = (m20 + m02).clamp(min=1e-12)
     axis = 0.5 * torch.atan2(2.0 * m11, m20 - m02)
     c, s = torch.cos(axis), torch.sin(axis)
     skew = c ** 3 * m30 + 3.0 * c * c * s * m21 + 3.0 * c * s * s * m12 + s ** 3 * m03
-    sign = torch.where(skew >= 0, torch.ones_like(skew), -torch.ones_like(skew))
-    return torch.stack([scale * mx, scale * my, sign * c, sign * s], dim=-1)
+    elongation = torch.sqrt((m20 - m02) ** 2 + 4.0 * m11 ** 2) / spread
+    length = torch.tanh(skew / spread ** 1.5 / HEADING_SOFTNESS) * \
+        torch.tanh(elongation / HEADING_SOFTNESS)
+    return torch.stack([scale * mx, scale * my, length * c, length * s], dim=-1)
 
 
 def build_encoder(config: ModelConfig) -> nn.Module:

@@ -43,7 +43,8 @@ class ObjectFramePredictor(nn.Module):
     """An object's next planar pose from what the robot does, learned in the object's frame.
 
     Poses (..., k, 4) are the ``keypoints.pose`` latent: centroid x, y (image -1..1, times
-    ``scale``) and heading (cos, sin). The robot's positions (..., k, 2) and commands (..., m, 2)
+    ``scale``) and heading (cos, sin) times its length (the frame is the heading's direction;
+    the predicted heading keeps the latest one's length). The robot's positions (..., k, 2) and commands (..., m, 2)
     come in the same image coordinates. Every one of them, and each earlier centroid, enters
     relative to the latest pose and turned into its frame (times ``gain``), with the earlier
     headings relative to the latest; the MLP gives the move (dx, dy, dtheta) in that frame,
@@ -71,7 +72,9 @@ class ObjectFramePredictor(nn.Module):
                 commands: torch.Tensor) -> torch.Tensor:
         """Poses (..., k, 4), robot (..., k, 2), commands (..., m, 2) -> next pose (..., 4)."""
         centre = poses[..., -1, :2] / self.scale                            # (..., 2)
-        cos, sin = poses[..., -1, 2], poses[..., -1, 3]
+        heading = poses[..., -1, 2:]
+        length = heading.norm(dim=-1).clamp(min=1e-6)                       # (...,)
+        cos, sin = heading[..., 0] / length, heading[..., 1] / length
 
         def seen(points):  # (..., n, 2) image -> the object's frame, flattened (..., 2n)
             rel = points - centre.unsqueeze(-2)
@@ -85,5 +88,5 @@ class ObjectFramePredictor(nn.Module):
         move = self.out(self.mlp(x))                                         # (..., 3)
         xy = centre + _turn(move[..., :2], cos, -sin) / self.gain
         dc, ds = torch.cos(move[..., 2]), torch.sin(move[..., 2])
-        return torch.cat([self.scale * xy, (cos * dc - sin * ds).unsqueeze(-1),
-                          (sin * dc + cos * ds).unsqueeze(-1)], dim=-1)
+        turned = torch.stack([cos * dc - sin * ds, sin * dc + cos * ds], dim=-1)
+        return torch.cat([self.scale * xy, length.unsqueeze(-1) * turned], dim=-1)
