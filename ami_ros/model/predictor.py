@@ -44,8 +44,9 @@ class ObjectFramePredictor(nn.Module):
 
     Poses (..., k, 4) are the ``keypoints.pose`` latent: centroid x, y (image -1..1, times
     ``scale``) and heading (cos, sin) times its length (the frame is the heading's direction;
-    the predicted heading keeps the latest one's length). The robot's positions (..., k, 2) and commands (..., m, 2)
-    come in the same image coordinates. Every one of them, and each earlier centroid, enters
+    the predicted heading keeps the latest one's length). The robot's positions (..., k, 2)
+    and commands (..., m, 2) come in the same image coordinates. Every one of them, and each
+    earlier centroid, enters
     relative to the latest pose and turned into its frame (times ``gain``), with the earlier
     headings relative to the latest; the MLP gives the move (dx, dy, dtheta) in that frame,
     which is turned back into the image. So the function learned is the same wherever the object
