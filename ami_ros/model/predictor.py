@@ -46,12 +46,12 @@ class ObjectFramePredictor(nn.Module):
     ``scale``) and heading (cos, sin) times its length (the frame is the heading's direction;
     the predicted heading keeps the latest one's length). The robot's positions (..., k, 2)
     and commands (..., m, 2) come in the same image coordinates. Every one of them, and each
-    earlier centroid, enters
-    relative to the latest pose and turned into its frame (times ``gain``), with the earlier
-    headings relative to the latest; the MLP gives the move (dx, dy, dtheta) in that frame,
-    which is turned back into the image. So the function learned is the same wherever the object
-    is and however it is turned (planar pushing is SE(2)-equivariant): one push learned at one
-    pose is learned at all, where an MLP on image coordinates must see each pose anew.
+    earlier centroid, enters relative to the latest pose and turned into its frame (times
+    ``gain``), with the earlier headings relative to the latest; the MLP gives the move (dx,
+    dy, dtheta) in that frame, which is turned back into the image. So the function learned is
+    the same wherever the object is and however it is turned (planar pushing is
+    SE(2)-equivariant): one push learned at one pose is learned at all, where an MLP on image
+    coordinates must see each pose anew.
     """
 
     def __init__(self, history: int, action_history: int, hidden: int, layers: int,
