@@ -102,7 +102,8 @@ class KeypointEncoderConfig:
     ``scale``) and the direction of its major axis as (cos, sin), pointed by the sign of the
     third-order moment along it: where a rigid object is and which way it faces, for
     ``predictor.object_frame``. For objects whose silhouette has a major axis and is not
-    symmetric along it (a T, an L, a wedge)."""
+    symmetric along it (a T, an L, a wedge); where either fails the heading's length fades to
+    0 (:func:`~ami_ros.model.encoder.pose_of_moments`)."""
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
