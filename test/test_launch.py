@@ -427,8 +427,9 @@ def test_stack_and_sim_in_separate_processes(ros_node, ros_process, wait_for, tm
         f'sim: {status("sim")}\nplanner: {status("/planner")}\n{stack.output()[-3000:]}'
     assert status('sim')['rejected_commands'] == '0'
     assert wait_for(lambda: np.abs(np.array(joints[-1].position) - q0).max() > 0.02, 20.0)
-    planner = status('/planner')
-    assert planner['state'] == 'planning', planner
+    # planning (a frame late under load holds for a tick, then plans again)
+    assert wait_for(lambda: status('/planner').get('state') == 'planning', 15.0), \
+        status('/planner')
 
     # Two ordinary messages that once killed the whole process (issue: a rejected goal logged
     # as ERROR, then a gripper's own JointState logged as WARN from the same logging line):
